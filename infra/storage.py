@@ -1,0 +1,277 @@
+"""One way to read and write files and Parquet tables on a local path or `s3://bucket/prefix`.
+
+S3 settings come from the standard AWS environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+AWS_SESSION_TOKEN, AWS_REGION / AWS_DEFAULT_REGION, AWS_ENDPOINT_URL) and from the config's
+`storage:` section, which `configure()` exports to that same environment so Ray workers (which
+inherit it through the runtime_env) see the same endpoint as the driver.
+
+Every write is a whole object: local files are written to a temporary name and renamed, S3
+objects are one upload that only appears when complete. So a crash never leaves a half file under
+a final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import logging
+import os
+import posixpath
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, TypeVar
+from urllib.parse import urlparse
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Words in an error that mark it as worth retrying (throttling, 5xx, dropped connections).
+_TRANSIENT = (
+    "503", "500", "502", "504", "slowdown", "slow down", "throttl", "timeout", "timed out",
+    "connection", "network", "reset by peer", "broken pipe", "internal error", "serviceunavailable",
+    "curl", "temporarily",
+)
+# Words that mark an error as final: retrying cannot help.
+_FINAL = ("access denied", "access_denied", "invalidaccesskeyid", "signaturedoesnotmatch",
+          "nosuchbucket", "no such bucket", "forbidden", "403")
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    endpoint: str | None = None
+    region: str | None = None
+    retries: int = 5
+    backoff_s: float = 0.2
+
+
+_settings = S3Settings()
+
+
+def configure(endpoint: str | None = None, region: str | None = None, retries: int | None = None,
+              backoff_s: float | None = None) -> None:
+    """Set S3 endpoint/region/retries for this process and export them for child workers."""
+    global _settings
+    _settings = S3Settings(
+        endpoint=endpoint or _settings.endpoint,
+        region=region or _settings.region,
+        retries=_settings.retries if retries is None else retries,
+        backoff_s=_settings.backoff_s if backoff_s is None else backoff_s,
+    )
+    if endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+    if region:
+        os.environ["AWS_REGION"] = region
+    os.environ["REELFORGE_STORAGE_RETRIES"] = str(_settings.retries)
+    _s3_filesystem.cache_clear()
+
+
+def storage_env() -> dict[str, str]:
+    """The environment variables a Ray worker needs to reach the same storage as this process."""
+    keys = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
+            "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "REELFORGE_STORAGE_RETRIES")
+    return {k: os.environ[k] for k in keys if os.environ.get(k)}
+
+
+# ----------------------------------------------------------------------------- URIs
+
+
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join path parts onto a local path or s3:// URI."""
+    if is_s3(uri):
+        return uri.rstrip("/") + "/" + "/".join(p.strip("/") for p in parts)
+    return os.path.join(uri, *parts)
+
+
+def _endpoint() -> str | None:
+    return _settings.endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def _retries() -> int:
+    return int(os.environ.get("REELFORGE_STORAGE_RETRIES", _settings.retries))
+
+
+@functools.lru_cache(maxsize=4)
+def _s3_filesystem() -> pafs.S3FileSystem:
+    endpoint = _endpoint()
+    kwargs: dict = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=max(1, _retries())),
+                    # bounded waits: a dead endpoint is an error to retry, never a hang
+                    "connect_timeout": 10.0, "request_timeout": 60.0}
+    if endpoint:
+        parsed = urlparse(endpoint)
+        kwargs["endpoint_override"] = parsed.netloc or parsed.path
+        kwargs["scheme"] = parsed.scheme or "https"
+    region = _settings.region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        kwargs["region"] = region
+    elif endpoint:
+        kwargs["region"] = "us-east-1"  # S3-compatible stores ignore it; avoids a region lookup call
+    return pafs.S3FileSystem(**kwargs)
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem for `uri` and the path inside it."""
+    if is_s3(uri):
+        parsed = urlparse(uri)
+        return _s3_filesystem(), (parsed.netloc + parsed.path).rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+# ----------------------------------------------------------------------------- retries
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True when an error is worth retrying (throttling, 5xx, a dropped connection)."""
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    text = str(exc).lower()
+    if any(w in text for w in _FINAL):
+        return False
+    return isinstance(exc, OSError) and any(w in text for w in _TRANSIENT)
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int | None = None) -> T:
+    """Call fn, retrying transient storage errors with jittered exponential backoff."""
+    attempts = attempts or max(1, _retries())
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - classified below
+            if attempt == attempts or not is_transient(exc):
+                raise
+            delay = _settings.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random())
+            log.warning("storage: %s failed (%s), retry %d/%d in %.2fs", what, exc, attempt, attempts - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    info = with_retries(lambda: fs.get_file_info(path), f"stat {uri}")
+    return info.type != pafs.FileType.NotFound
+
+
+def makedirs(uri: str) -> None:
+    if not is_s3(uri):  # S3 has no directories
+        os.makedirs(uri, exist_ok=True)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+
+    def _read() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+
+    return with_retries(_read, f"read {uri}")
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole object: it appears complete under its name or not at all."""
+    if not is_s3(uri):
+        directory = os.path.dirname(os.path.abspath(uri))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, uri)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+        return
+    fs, path = filesystem(uri)
+
+    def _put() -> None:
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+
+    with_retries(_put, f"write {uri}")
+
+
+def read_text(uri: str) -> str:
+    return read_bytes(uri).decode("utf-8")
+
+
+def write_text(uri: str, text: str) -> None:
+    write_bytes(uri, text.encode("utf-8"))
+
+
+def delete(uri: str) -> None:
+    fs, path = filesystem(uri)
+    with contextlib.suppress(FileNotFoundError):
+        with_retries(lambda: fs.delete_file(path), f"delete {uri}")
+
+
+def list_files(uri: str, recursive: bool = True) -> list[str]:
+    """Sorted URIs of the files under a directory or prefix (symlink loops are not followed)."""
+    fs, path = filesystem(uri)
+    selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=True)
+    infos = with_retries(lambda: fs.get_file_info(selector), f"list {uri}")
+    prefix = "s3://" if is_s3(uri) else ""
+    return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File)
+
+
+def size(uri: str) -> int:
+    fs, path = filesystem(uri)
+    return with_retries(lambda: fs.get_file_info(path), f"stat {uri}").size
+
+
+@contextlib.contextmanager
+def open_seekable(uri: str) -> Iterator[BinaryIO]:
+    """A seekable binary file for a local path or an S3 object (ranged reads, no full download)."""
+    if not is_s3(uri):
+        with open(uri, "rb") as f:
+            yield f
+        return
+    fs, path = filesystem(uri)
+    f = with_retries(lambda: fs.open_input_file(path), f"open {uri}")
+    try:
+        yield f
+    finally:
+        f.close()
+
+
+# ----------------------------------------------------------------------------- Parquet
+
+
+def write_table(table: pa.Table, uri: str) -> None:
+    """Write one Parquet file as a whole object."""
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    write_bytes(uri, buf.getvalue())
+
+
+def read_table(uri: str, schema: pa.Schema | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Read one Parquet file, or every `*.parquet` file under a directory in name order."""
+    fs, path = filesystem(uri)
+    info = with_retries(lambda: fs.get_file_info(path), f"stat {uri}")
+    if info.type == pafs.FileType.File:
+        files = [path]
+    else:
+        files = [u[len("s3://"):] if is_s3(uri) else u for u in list_files(uri) if u.endswith(".parquet")
+                 and not posixpath.basename(u).startswith(".")]
+    if not files:
+        if schema is None:
+            raise FileNotFoundError(f"no Parquet files under {uri}")
+        return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+    tables = [with_retries(lambda f=f: pq.read_table(f, filesystem=fs, columns=columns), f"read {f}")
+              for f in files]
+    return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
