@@ -114,10 +114,27 @@ def tune() -> None:
     _not_built("tune", "issue 10")
 
 
-@app.command(context_settings=_ANY_ARGS)
-def sample() -> None:
-    """Sample videos from a trained DiT checkpoint to mp4."""
-    _not_built("sample", "issue 6")
+@app.command()
+def sample(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="checkpoint dir with dit/ (and ema/, meta.json)"),
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="text prompt (repeatable: one video each)"),
+    output: str = typer.Option("samples", "--output", "-o", help="folder for the mp4 files"),
+    vae: Optional[str] = typer.Option(None, "--vae", help="VAE spec (default: the checkpoint's, else precompute.vae)"),
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="text encoder spec (default as --vae)"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Sample videos from a trained DiT checkpoint to mp4 (text -> latents -> VAE decode -> mp4)."""
+    from training.sample import sample_to_files
+
+    cfg = _load(config, sets)
+    try:
+        paths = sample_to_files(cfg, checkpoint, list(prompt), output, vae_spec=vae, text_encoder_spec=text_encoder)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]sample:[/] {exc}")
+        raise typer.Exit(2) from None
+    for p, path in zip(prompt, paths):
+        out.print(f"{path}  <- {p!r}")
 
 
 @app.command(context_settings=_ANY_ARGS)

@@ -1,0 +1,395 @@
+"""The caption job on Ray Data: a curate output's clips table in, a captioned version of it out.
+
+This is the only module of `captioning` that imports Ray. FramePrepStage runs as CPU tasks and
+feeds CaptionStage on a pool of (GPU) actors; only the columns those stages need travel through
+Ray. The driver gathers each input part's results (small: text and numbers, never pixels), joins
+them back onto the part's full rows and commits the partition, so every input column keeps its
+type. One input part file is one partition, under the same id: `clips/part-{pid}.parquet` in
+gives `clips/part-{pid}.parquet` and `failures/part-{pid}.parquet` out, then `_markers/{pid}.json`.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import posixpath
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from captioning.models import CaptionerNotAvailable, build_tiny_captioner, is_placeholder
+from captioning.prompts import DEFAULT_PROMPT, PROMPTS, template_fields
+from infra import storage
+from infra.config import ReelForgeConfig
+from pipelines import partitions
+from pipelines.manifest import git_sha, package_versions, sum_counts, write_manifest
+from pipelines.schema import FAILURES_SCHEMA, table_from_rows
+
+log = logging.getLogger(__name__)
+
+TABLES = ["clips", "failures"]
+TINY = "tiny-random"
+CAPTION_FIELDS = [
+    ("caption", pa.string()),  # null: not kept, or failed (see failures/)
+    ("caption_model", pa.string()),
+    ("caption_prompt", pa.string()),
+    ("caption_score", pa.float64()),  # CLIP text-video similarity; null without caption.clip_model
+    ("caption_tokens", pa.int64()),  # tokens the model generated
+]
+# Where the job runs, not what it writes: changing these must not invalidate finished partitions.
+_RESOURCE_KEYS = ("num_gpus", "prep_cpus", "concurrency")
+# Columns the prep and caption stages read; everything else stays on the driver's side.
+_WORK_COLUMNS = ("clip_id", "video_id", "uri", "start_s", "end_s", "start_frame", "end_frame", "fps")
+
+
+class CaptionInputError(ValueError):
+    """The clips root holds no clips table to caption."""
+
+
+# ----------------------------------------------------------------------------- the model
+
+
+def resolve_model(cfg: ReelForgeConfig, output: str, model: str | None) -> tuple[str, str, bool]:
+    """(name for the table, what the actors load, placeholder?) for `model` or caption.model.
+
+    `tiny-random` builds the tiny random captioner once (seeded by caption.seed) into
+    `{output}/_models/tiny-captioner`; for an s3:// output it is built in a local cache and a copy
+    is uploaded there. A hub name is checked here (config only) so a missing model fails before
+    Ray starts, not inside every actor.
+    """
+    name = model or cfg.caption.model
+    if name != TINY:
+        _check_available(name)
+        return name, name, is_placeholder(name)
+    c = cfg.caption
+    remote = storage.join(output, "_models", "tiny-captioner")
+    local = (os.path.join(tempfile.gettempdir(), "reelforge-models", f"tiny-captioner-s{c.seed}-f{c.num_frames}")
+             if storage.is_s3(output) else remote)
+    if not is_placeholder(local):
+        build_tiny_captioner(local, seed=c.seed, num_frames=c.num_frames)
+    if storage.is_s3(output) and not storage.exists(storage.join(remote, "config.json")):
+        for f in sorted(os.listdir(local)):
+            storage.write_bytes(storage.join(remote, f), Path(local, f).read_bytes())
+    return TINY, local, True
+
+
+def _check_available(name: str) -> None:
+    from transformers import AutoConfig
+
+    if name.startswith(("/", "./", "../", "~")) or os.path.isdir(name):
+        if not os.path.isdir(os.path.expanduser(name)):
+            raise CaptionerNotAvailable(f"captioner directory {name!r} does not exist")
+        return
+    try:
+        AutoConfig.from_pretrained(name)
+    except OSError as e:
+        from captioning.models import _not_available
+
+        raise _not_available(name, e) from e
+
+
+def _placeholder_warning(name: str) -> None:
+    log.warning("\n%s\nCAPTIONS ARE PLACEHOLDERS: caption model %r is a tiny randomly initialised "
+                "model.\nIts text means nothing. Set caption.model (or --model) to a real "
+                "video/image-to-text model before training on these captions.\n%s",
+                "!" * 78, name, "!" * 78)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def input_parts(clips_root: str) -> list[tuple[partitions.Partition, str]]:
+    """(partition, identity) per `clips/part-*.parquet` under the curate root, in name order.
+
+    The identity (size and modification time, from one listing) goes into the partition's
+    fingerprint, so a re-curated part is re-captioned instead of matching a stale marker.
+    """
+    fs, path = storage.filesystem(storage.join(clips_root, "clips"))
+    selector = pafs.FileSelector(path, recursive=False, allow_not_found=True)
+    infos = storage.with_retries(lambda: fs.get_file_info(selector), f"list {clips_root}/clips")
+    out = []
+    for info in sorted(infos, key=lambda i: i.path):
+        base = posixpath.basename(info.path)
+        if info.type != pafs.FileType.File or not (base.startswith("part-") and base.endswith(".parquet")):
+            continue
+        uri = ("s3://" + info.path) if storage.is_s3(clips_root) else info.path
+        mtime = info.mtime.timestamp() if info.mtime else 0
+        out.append((partitions.Partition(pid=base[5:-8], uris=(uri,)), f"{info.size}:{mtime:.6f}"))
+    if not out:
+        raise CaptionInputError(f"no clips table under {clips_root}: expected "
+                                f"{storage.join(clips_root, 'clips', 'part-*.parquet')} "
+                                f"(the output root of `reelforge curate`)")
+    return out
+
+
+def _fingerprint(base: str, identity: str) -> str:
+    return hashlib.sha1(f"{base}|{identity}".encode()).hexdigest()[:12]
+
+
+def _kept(table: pa.Table) -> list[bool]:
+    """keep == true per row; a table without a `keep` column keeps everything (null counts as kept)."""
+    if "keep" not in table.column_names:
+        return [True] * table.num_rows
+    return [v is not False for v in table["keep"].to_pylist()]
+
+
+def _work_rows(table: pa.Table, pid: str, extra: list[str]) -> list[dict]:
+    """The narrow rows sent through Ray for the kept clips of one input part."""
+    cols = [c for c in dict.fromkeys([*_WORK_COLUMNS, "clip_uri", *extra]) if c in table.column_names]
+    data = table.select(cols).to_pylist()
+    rows = []
+    for i, (r, kept) in enumerate(zip(data, _kept(table))):
+        if not kept:
+            continue
+        row = {**r, "partition": pid, "row": i, "source_uri": r.get("uri")}
+        if r.get("start_s") is not None and r.get("end_s") is not None:
+            row.setdefault("duration_s", r["end_s"] - r["start_s"])  # for the dense_with_length prompt
+        if r.get("clip_uri"):
+            # A materialized clip file starts at its own t=0 and may be re-encoded: use seconds.
+            row.update(uri=r["clip_uri"], start_s=0.0, end_s=row.get("duration_s"), start_frame=None,
+                       end_frame=None)
+        row.pop("clip_uri", None)
+        rows.append(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- prep tasks
+
+
+@functools.lru_cache(maxsize=4)
+def _prep_stage(kwargs_json: str):
+    """One FramePrepStage per worker process (worker processes are reused across tasks)."""
+    from captioning.frames import FramePrepStage
+
+    stage = FramePrepStage(**json.loads(kwargs_json))
+    stage.setup()
+    return stage
+
+
+def prep_batch(batch: dict[str, np.ndarray], kwargs_json: str) -> dict[str, np.ndarray]:
+    return _prep_stage(kwargs_json)(batch)
+
+
+# ----------------------------------------------------------------------------- partitions
+
+
+def _error_type(message: str) -> tuple[str, str]:
+    """'RuntimeError: cannot decode ...' -> ('RuntimeError', 'cannot decode ...')."""
+    head, sep, rest = message.partition(": ")
+    return (head, rest) if sep and head.isidentifier() else ("Error", message)
+
+
+def _nan_to_none(v: Any) -> Any:
+    if v is None:
+        return None
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def partition_tables(table: pa.Table, results: dict[int, dict], model_name: str) -> tuple[dict, dict]:
+    """The input part plus caption columns, its failures, and the partition's counts."""
+    n = table.num_rows
+    cols: dict[str, list] = {name: [None] * n for name, _ in CAPTION_FIELDS}
+    failures = []
+    counts: collections.Counter = collections.Counter(clips_in=n, kept=len(results))
+    by_stage: collections.Counter = collections.Counter()
+    by_type: collections.Counter = collections.Counter()
+    for i in sorted(results):
+        r = results[i]
+        cols["caption_model"][i] = model_name
+        cols["caption_prompt"][i] = r.get("caption_prompt")
+        cols["caption_tokens"][i] = int(r.get("caption_tokens") or 0)
+        counts["output_tokens"] += cols["caption_tokens"][i]
+        if r.get("error"):
+            stage = r.get("error_stage") or "caption"
+            etype, message = _error_type(str(r["error"]))
+            by_stage[stage] += 1
+            by_type[etype] += 1
+            failures.append({"uri": r.get("source_uri"), "video_id": r.get("video_id"), "clip_id": r.get("clip_id"),
+                             "stage": stage, "error_type": etype, "message": message})
+            continue
+        cols["caption"][i] = r.get("caption")
+        cols["caption_score"][i] = _nan_to_none(r.get("caption_score"))
+        counts["captioned"] += 1
+    out = table.drop_columns([c for c, _ in CAPTION_FIELDS if c in table.column_names])
+    for name, typ in CAPTION_FIELDS:
+        out = out.append_column(pa.field(name, typ), pa.array(cols[name], type=typ))
+    tables = {"clips": out, "failures": table_from_rows(failures, FAILURES_SCHEMA)}
+    return tables, {**counts, "failed_by_stage": dict(by_stage), "failed_by_type": dict(by_type)}
+
+
+def _completed(output: str, parts: list[tuple[partitions.Partition, str]], fingerprints: dict[str, str]) -> dict:
+    """Markers of the partitions already complete with their own (per-input-part) fingerprint."""
+    listed = {posixpath.basename(u)[: -len(".json")]
+              for u in storage.list_files(storage.join(output, partitions.MARKERS)) if u.endswith(".json")}
+    done = {}
+    for p, _ in parts:
+        marker = partitions.read_marker(output, p.pid) if p.pid in listed else None
+        if marker and marker.get("fingerprint") == fingerprints[p.pid]:
+            done[p.pid] = marker
+    return done
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+def _stage_kwargs(cfg: ReelForgeConfig, model_path: str) -> dict:
+    c = cfg.caption
+    return dict(model=model_path, prompt=PROMPTS.get(c.prompt, c.prompt) if c.prompt else DEFAULT_PROMPT,
+                max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, dtype=c.dtype, device=c.device,
+                do_sample=c.do_sample, seed=c.seed, score_suffix=list(c.score_suffix), clip_model=c.clip_model)
+
+
+def _dataset(cfg: ReelForgeConfig, rows: list[dict], model_path: str):
+    import ray
+
+    from captioning.captioner import CaptionStage
+
+    c = cfg.caption
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = False  # the driver puts rows back in input order
+    ctx.enable_progress_bars = False
+    # About one model batch per block: partitions finish (and commit) while the job streams.
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(math.ceil(len(rows) / c.batch_size), 2000)))
+    prep = json.dumps(dict(num_frames=c.num_frames, frame_size=c.frame_size))
+    ds = ds.map_batches(prep_batch, fn_kwargs=dict(kwargs_json=prep), batch_size=c.batch_size,
+                        num_cpus=c.prep_cpus, max_retries=3, zero_copy_batch=False)
+    return ds.map_batches(CaptionStage, fn_constructor_kwargs=_stage_kwargs(cfg, model_path),
+                          concurrency=c.concurrency, num_gpus=c.num_gpus, batch_size=c.batch_size,
+                          zero_copy_batch=False)
+
+
+def _iso(t: float) -> str:
+    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def build_manifest(*, cfg: ReelForgeConfig, clips_root: str, output: str, started: float, markers: dict,
+                   placeholder: bool, model_path: str, plan_size: int, skipped: int, removed_stale: int,
+                   processed: dict, stage_wall: dict[str, float]) -> dict:
+    counts = sum_counts(markers)
+    finished = time.time()
+    busy = stage_wall.get("prep+caption (streamed)", 0.0)
+    return {
+        "job": "caption",
+        "input": clips_root,
+        "output": output,
+        "model": cfg.caption.model,
+        "model_path": model_path,
+        "placeholder": placeholder,
+        "started": _iso(started),
+        "finished": _iso(finished),
+        "wall_s": round(finished - started, 3),
+        "counts": {
+            "clips_in": int(counts.get("clips_in", 0)),
+            "kept": int(counts.get("kept", 0)),
+            "not_kept": int(counts.get("clips_in", 0) - counts.get("kept", 0)),
+            "captioned": int(counts.get("captioned", 0)),
+            "failed": int(counts["failed"]),
+            "failed_by_stage": counts["failed_by_stage"],
+            "failed_by_type": counts["failed_by_type"],
+            "output_tokens": int(counts.get("output_tokens", 0)),
+        },
+        "stage_wall_s": {k: round(v, 3) for k, v in stage_wall.items()},
+        # This run's work only (skipped partitions excluded), over the streamed stage's wall time,
+        # which includes starting the actors and loading the model.
+        "throughput": {
+            "clips": processed["clips"],
+            "output_tokens": processed["output_tokens"],
+            "clips_per_s": round(processed["clips"] / busy, 3) if busy and processed["clips"] else None,
+            "output_tokens_per_s": round(processed["output_tokens"] / busy, 3) if busy and processed["clips"] else None,
+        },
+        "resume": {"partitions": plan_size, "skipped_complete": skipped, "processed": plan_size - skipped,
+                   "stale_parts_removed": removed_stale},
+        "config": cfg.to_dict(),
+        "versions": package_versions(),
+        "git_sha": git_sha(),
+    }
+
+
+def run_caption(cfg: ReelForgeConfig, clips_root: str, output: str | None = None, model: str | None = None,
+                progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Caption every kept clip of the curate output at `clips_root` into `output`; returns the manifest."""
+    started = time.time()
+    storage.configure(cfg.storage.s3_endpoint, cfg.storage.region, cfg.storage.retries, cfg.storage.backoff_s)
+    output = output or storage.join(clips_root, "captioned")
+    parts = input_parts(clips_root)
+    t0 = time.perf_counter()
+    name, model_path, placeholder = resolve_model(cfg, output, model)
+    model_s = time.perf_counter() - t0
+    cfg = cfg.model_copy(update={"caption": cfg.caption.model_copy(update={"model": name})})
+    if placeholder:
+        _placeholder_warning(name)
+    section = {k: v for k, v in cfg.caption.model_dump(mode="json").items() if k not in _RESOURCE_KEYS}
+    base = hashlib.sha1(json.dumps(section, sort_keys=True).encode()).hexdigest()
+    fingerprints = {p.pid: _fingerprint(base, ident) for p, ident in parts}
+    markers = _completed(output, parts, fingerprints)
+    pending = [p for p, _ in parts if p.pid not in markers]
+    storage.makedirs(output)
+    storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
+    log.info("caption: %d clip parts; %d complete, skipping them", len(parts), len(markers))
+
+    extra = [*template_fields(_stage_kwargs(cfg, model_path)["prompt"]), *cfg.caption.score_suffix]
+    processed = {"clips": 0, "output_tokens": 0}
+
+    def commit(p: partitions.Partition, results: dict[int, dict]) -> None:
+        tables, counts = partition_tables(storage.read_table(p.uris[0]), results, name)
+        markers[p.pid] = partitions.write_partition(output, p.pid, tables, fingerprints[p.pid], counts)
+        processed["clips"] += len(results)
+        processed["output_tokens"] += counts.get("output_tokens", 0)
+
+    done_kept = sum(m["counts"].get("kept", 0) for m in markers.values())
+    rows, expected = [], {}
+    for p in pending:
+        part_rows = _work_rows(storage.read_table(p.uris[0]), p.pid, extra)
+        if part_rows:
+            rows += part_rows
+            expected[p.pid] = len(part_rows)
+        else:
+            commit(p, {})  # nothing kept: the part passes through as it is
+    if progress:
+        progress("start", done_kept + len(rows), done_kept)
+
+    t1 = time.perf_counter()
+    if rows:
+        from pipelines.runner import init_ray
+
+        by_pid = {p.pid: p for p in pending}
+        started_ray = init_ray(cfg)
+        try:
+            buffers: dict[str, dict[int, dict]] = collections.defaultdict(dict)
+            for row in _dataset(cfg, rows, model_path).iter_rows():
+                pid = row["partition"]
+                buffers[pid][int(row["row"])] = dict(row)
+                if progress:
+                    progress("clip", 1, 0)
+                if len(buffers[pid]) == expected[pid]:
+                    commit(by_pid[pid], buffers.pop(pid))
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+        missing = sorted(set(expected) - set(markers))
+        if missing:
+            raise RuntimeError(f"caption: the dataset ended without every row of partitions {missing}")
+    stream_s = time.perf_counter() - t1
+    removed = partitions.remove_stale(output, TABLES, {p.pid for p, _ in parts})
+    manifest = build_manifest(
+        cfg=cfg, clips_root=clips_root, output=output, started=started, markers=markers,
+        placeholder=placeholder, model_path=model_path, plan_size=len(parts), skipped=len(parts) - len(pending),
+        removed_stale=removed, processed=processed,
+        stage_wall={"model": model_s, "prep+caption (streamed)": stream_s})
+    write_manifest(output, manifest)
+    return manifest

@@ -1,0 +1,1 @@
+"""ReelForge training: models, objective, loops."""

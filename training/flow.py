@@ -1,0 +1,188 @@
+"""Rectified flow: the training objective and an Euler sampler with classifier-free guidance.
+
+Functions, not model state (as DiT's `diffusion/` and diffusers' schedulers keep them apart).
+Convention: t = 0 is data, t = 1 is noise, x_t = (1 - t) x0 + t eps, and the model predicts the
+velocity dx_t/dt = eps - x0.
+
+A condition `cond` is a dict with `text_tokens` (B, L, D), `text_mask` (B, L) bool (True = real
+token) and optionally `text_pooled` (B, D); absent, pooled text is the masked mean of the tokens.
+
+The null condition (caption dropout, the unconditional branch of CFG) is all-zero tokens with
+only the first token marked real, and zero pooled text. One visible zero token makes the
+cross-attention return a learned constant (the projection biases) rather than nothing, so the
+model learns its own "no caption" embedding; it needs no text encoder and matches any L.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+BASE_TOKENS = 256  # DiT's 256x256 images: a 32x32 latent in 2x2 patches
+
+
+def interpolate(x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x0 + t eps, with t (B,) broadcast over the other dims."""
+    t = t.view(-1, *([1] * (x0.ndim - 1))).to(x0.dtype)
+    return (1 - t) * x0 + t * eps
+
+
+def resolution_shift(num_tokens: int, base_tokens: int = BASE_TOKENS) -> float:
+    """SD3's resolution-dependent shift, sqrt(m / n) for m tokens against a base of n.
+
+    More tokens carry more redundant signal, so the same noise level destroys less of it; the
+    shift moves t towards noise (shift > 1) for larger grids, and below 1 for smaller ones.
+    """
+    return math.sqrt(num_tokens / base_tokens)
+
+
+def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """t' = shift t / (1 + (shift - 1) t): monotone on [0, 1], fixes 0 and 1 (SD3 eq. 23)."""
+    return shift * t / (1 + (shift - 1) * t)
+
+
+def num_latent_tokens(model, latent_shape) -> int:
+    """Tokens the model sees for a latent (..., T, H, W), from its patch (DDP/DeepSpeed unwrapped)."""
+    config = getattr(getattr(model, "module", model), "config", None)
+    patch = getattr(config, "patch", (1, 2, 2))
+    return math.prod(math.ceil(n / p) for n, p in zip(latent_shape[-3:], patch))
+
+
+def _randn(shape, generator, device, dtype=torch.float32):
+    """Normal noise drawn on the generator's device (reproducible across devices), then moved."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+def _rand(n, generator, device):
+    gen_device = generator.device if generator is not None else device
+    return torch.rand(n, generator=generator, device=gen_device).to(device)
+
+
+def sample_t(batch: int, generator=None, shift: float = 1.0, *, mean=0.0, std=1.0, device="cpu"):
+    """Logit-normal t (SD3: sigmoid of N(mean, std)), then time-shifted; shape (batch,)."""
+    u = _randn((batch,), generator, device) * std + mean
+    return shift_time(torch.sigmoid(u), shift)
+
+
+#################################################################################
+#                                 Conditions                                    #
+#################################################################################
+
+
+def _with_pooled(cond: dict) -> dict:
+    """Fill text_pooled with the masked mean of the tokens when it is absent."""
+    if cond.get("text_pooled") is not None:
+        return cond
+    mask = cond["text_mask"].bool()
+    tokens = cond["text_tokens"].masked_fill(~mask[..., None], 0.0)
+    pooled = tokens.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(tokens.dtype)
+    return {**cond, "text_pooled": pooled}
+
+
+def null_condition(cond: dict) -> dict:
+    """The null condition shaped like cond: zero tokens, one real token, zero pooled text."""
+    tokens = torch.zeros_like(cond["text_tokens"])
+    mask = torch.zeros_like(cond["text_mask"], dtype=torch.bool)
+    mask[:, 0] = True
+    return {"text_tokens": tokens, "text_mask": mask, "text_pooled": tokens[:, 0].clone()}
+
+
+def _align(cond: dict, batch: int, length: int) -> dict:
+    """Expand a batch-1 condition to `batch` rows and pad its tokens (masked) to `length`."""
+    cond = _with_pooled(cond)
+    tokens, mask, pooled = cond["text_tokens"], cond["text_mask"].bool(), cond["text_pooled"]
+    if tokens.shape[0] == 1 and batch > 1:
+        tokens, mask, pooled = tokens.expand(batch, -1, -1), mask.expand(batch, -1), pooled.expand(batch, -1)
+    pad = length - tokens.shape[1]
+    if pad > 0:
+        tokens, mask = F.pad(tokens, (0, 0, 0, pad)), F.pad(mask, (0, pad), value=False)
+    return {"text_tokens": tokens, "text_mask": mask, "text_pooled": pooled}
+
+
+def _pair(cond: dict, null_cond: dict | None, batch: int) -> tuple[dict, dict]:
+    """cond and null_cond with pooled text, the same batch and the same token length."""
+    cond = _with_pooled(cond)
+    null_cond = null_condition(cond) if null_cond is None else null_cond
+    length = max(cond["text_tokens"].shape[1], null_cond["text_tokens"].shape[1])
+    return _align(cond, batch, length), _align(null_cond, batch, length)
+
+
+def _select(drop: torch.Tensor, null: dict, cond: dict) -> dict:
+    """Row-wise: null where drop is True, cond elsewhere."""
+    out = {}
+    for key in ("text_tokens", "text_mask", "text_pooled"):
+        d = drop.view(-1, *([1] * (cond[key].ndim - 1)))
+        out[key] = torch.where(d, null[key].to(cond[key].dtype), cond[key])
+    return out
+
+
+def _call(model, x, t, cond: dict):
+    dtype = next(model.parameters()).dtype
+    pooled = cond["text_pooled"].to(dtype)
+    return model(x.to(dtype), t, cond["text_tokens"].to(dtype), cond["text_mask"], pooled)
+
+
+#################################################################################
+#                           Objective and sampler                               #
+#################################################################################
+
+
+def training_loss(
+    model, x0, cond: dict, *, caption_dropout=0.1, null_cond=None, generator=None, shift=None
+) -> dict:
+    """Rectified-flow MSE on the velocity for latents x0 (B, C, T, H, W).
+
+    Each row's condition is replaced by the null one with probability caption_dropout (for CFG).
+    shift=None takes resolution_shift of the model's token count. Returns loss (scalar), t (B,)
+    and loss_per_sample (B,, detached).
+    """
+    batch, device = x0.shape[0], x0.device
+    if shift is None:
+        shift = resolution_shift(num_latent_tokens(model, x0.shape))
+    t = sample_t(batch, generator, shift, device=device)
+    eps = _randn(x0.shape, generator, device, x0.dtype)
+    x_t = interpolate(x0, eps, t)  # (B, C, T, H, W)
+    cond, null = _pair(cond, null_cond, batch)
+    if caption_dropout > 0:
+        cond = _select(_rand(batch, generator, device) < caption_dropout, null, cond)
+    pred = _call(model, x_t, t, cond)  # (B, C, T, H, W)
+    per_sample = (pred.float() - (eps - x0).float()).pow(2).flatten(1).mean(1)  # (B,)
+    return {"loss": per_sample.mean(), "t": t, "loss_per_sample": per_sample.detach()}
+
+
+def timesteps(steps: int, shift: float = 1.0, device="cpu") -> torch.Tensor:
+    """steps + 1 times from 1 (noise) to 0 (data), uniform then time-shifted."""
+    return shift_time(torch.linspace(1.0, 0.0, steps + 1, device=device), shift)
+
+
+@torch.no_grad()
+def sample(
+    model, shape, cond: dict, null_cond=None, steps=30, cfg_scale=5.0, generator=None, shift=None
+) -> torch.Tensor:
+    """Euler integration of the velocity from t=1 to t=0; returns x0 (float32) of `shape`.
+
+    With cfg_scale != 1 the model runs once on [cond; null] (2B rows) and the velocity is
+    v_null + cfg_scale (v_cond - v_null); with cfg_scale == 1 the null pass is skipped, so the
+    result is exactly the plain conditional sample.
+    """
+    device, batch = next(model.parameters()).device, shape[0]
+    if shift is None:
+        shift = resolution_shift(num_latent_tokens(model, shape))
+    x = _randn(shape, generator, device)  # (B, C, T, H, W) at t = 1
+    ts = timesteps(steps, shift, device)
+    cond, null = _pair(cond, null_cond, batch)
+    guided = cfg_scale != 1.0
+    if guided:
+        both = {k: torch.cat([cond[k], null[k]]) for k in cond}
+    for i in range(steps):
+        t = ts[i].expand(batch)
+        if guided:
+            v_cond, v_null = _call(model, torch.cat([x, x]), torch.cat([t, t]), both).float().chunk(2)
+            v = v_null + cfg_scale * (v_cond - v_null)
+        else:
+            v = _call(model, x, t, cond).float()
+        x = x + (ts[i + 1] - ts[i]) * v
+    return x

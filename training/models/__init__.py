@@ -1,0 +1,1 @@
+"""Plain-PyTorch models: VideoDiT, VideoVAE, text encoders."""

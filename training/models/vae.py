@@ -1,0 +1,402 @@
+"""VideoVAE: a causal 3D convolutional autoencoder with a diagonal Gaussian latent.
+
+Pixels (B, 3, T, H, W) in [-1, 1] with T = 1 + k * tc frames map to latents
+(B, C, 1 + k, H / sc, W / sc) for temporal compression tc and spatial compression sc. Every
+temporal operation is causal (convolutions pad on the left, norms are per frame), and the first
+frame is never paired with another, so latent frame 0 depends on pixel frame 0 alone: an image is
+a 1-frame video. Causality also makes tiling over time exact: chunks are run one after another
+with each causal layer keeping the last frames of the previous chunk (`cache`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+from safetensors.torch import load_file, save_file
+
+
+@dataclass(frozen=True)
+class VideoVAEConfig:
+    """Architecture of a VideoVAE; saved as config.json beside the weights."""
+
+    in_channels: int = 3
+    latent_channels: int = 16
+    base_channels: int = 64
+    channel_mult: tuple[int, ...] = (1, 2, 4, 4)  # one level each, 2x spatial down between
+    num_res_blocks: int = 2
+    spatial_compression: int = 8  # must be 2 ** (len(channel_mult) - 1)
+    temporal_compression: int = 4  # time halves at the first log2(tc) downsamples
+    scaling_factor: float = 1.0  # latents for the DiT are z * scaling_factor
+    tile_frames: int = 16  # pixel frames per chunk after the first frame; multiple of tc
+
+    def __post_init__(self):
+        object.__setattr__(self, "channel_mult", tuple(int(m) for m in self.channel_mult))
+        levels = len(self.channel_mult) - 1
+        if self.spatial_compression != 2**levels:
+            raise ValueError(
+                f"spatial_compression={self.spatial_compression} needs len(channel_mult) = "
+                f"log2(spatial_compression) + 1, got {len(self.channel_mult)} levels"
+            )
+        tc = self.temporal_compression
+        if tc < 1 or tc & (tc - 1) or tc > self.spatial_compression:
+            raise ValueError(f"temporal_compression={tc} must be a power of 2, <= spatial")
+        if self.tile_frames % tc:
+            raise ValueError(f"tile_frames={self.tile_frames} must be a multiple of {tc}")
+
+    @property
+    def temporal_levels(self) -> int:
+        return int(math.log2(self.temporal_compression))
+
+
+#################################################################################
+#                             Causal building blocks                            #
+#################################################################################
+
+
+def _groups(channels: int) -> int:
+    return math.gcd(32, channels)
+
+
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm over each frame on its own: statistics across time would break causality."""
+
+    def forward(self, x):
+        b = x.shape[0]
+        x = super().forward(rearrange(x, "b c t h w -> (b t) c h w"))
+        return rearrange(x, "(b t) c h w -> b c t h w", b=b)
+
+
+class CausalConv3d(nn.Module):
+    """Conv3d padded on the left in time: by the previous chunk's frames, else frame 0 repeated."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3):
+        super().__init__()
+        self.pad_t = kernel - 1
+        self.conv = nn.Conv3d(cin, cout, kernel, padding=(0, kernel // 2, kernel // 2))
+        self.cache = None
+
+    def forward(self, x):
+        if self.pad_t:
+            prev = self.cache
+            if prev is None:
+                prev = x[:, :, :1].expand(-1, -1, self.pad_t, -1, -1)
+            x = torch.cat([prev, x], dim=2)  # (B, C, pad_t + T, H, W)
+            self.cache = x[:, :, -self.pad_t :]
+        return self.conv(x)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.norm1 = FrameGroupNorm(_groups(cin), cin)
+        self.conv1 = CausalConv3d(cin, cout)
+        self.norm2 = FrameGroupNorm(_groups(cout), cout)
+        self.conv2 = CausalConv3d(cout, cout)
+        self.skip = nn.Conv3d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x):
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """2x spatial (strided conv per frame); optionally 2x time by folding frame pairs into channels."""
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.spatial = nn.Conv2d(channels, channels, 3, stride=2)
+        self.temporal = CausalConv3d(2 * channels, channels) if temporal else None
+        self.seen_first = False  # streaming state: frame 0 of the video was already consumed
+
+    def forward(self, x):
+        b = x.shape[0]
+        x = F.pad(rearrange(x, "b c t h w -> (b t) c h w"), (0, 1, 0, 1))  # SD's asymmetric pad
+        x = rearrange(self.spatial(x), "(b t) c h w -> b c t h w", b=b)  # (B, C, T, H/2, W/2)
+        if self.temporal is None:
+            return x
+        parts = []
+        if not self.seen_first:
+            parts.append(torch.cat([x[:, :, :1], x[:, :, :1]], dim=1))  # frame 0 pairs with itself
+            x, self.seen_first = x[:, :, 1:], True
+        if x.shape[2]:
+            parts.append(rearrange(x, "b c (t two) h w -> b (two c) t h w", two=2))
+        return self.temporal(torch.cat(parts, dim=2))  # (B, C, 1 + (T-1)/2, H/2, W/2)
+
+
+class Upsample(nn.Module):
+    """2x spatial (nearest + conv per frame); optionally 2x time by unfolding channels into frames."""
+
+    def __init__(self, channels: int, temporal: bool):
+        super().__init__()
+        self.spatial = nn.Conv2d(channels, channels, 3, padding=1)
+        self.temporal = CausalConv3d(channels, 2 * channels) if temporal else None
+        self.seen_first = False
+
+    def forward(self, x):
+        if self.temporal is not None:
+            x = rearrange(self.temporal(x), "b (two c) t h w -> b c (t two) h w", two=2)
+            if not self.seen_first:
+                x, self.seen_first = x[:, :, 1:], True  # latent frame 0 stands for one frame
+        b = x.shape[0]
+        x = F.interpolate(rearrange(x, "b c t h w -> (b t) c h w"), scale_factor=2.0, mode="nearest")
+        return rearrange(self.spatial(x), "(b t) c h w -> b c t h w", b=b)  # (B, C, T, 2H, 2W)
+
+
+#################################################################################
+#                             Encoder and decoder                               #
+#################################################################################
+
+
+class Encoder(nn.Module):
+    def __init__(self, c: VideoVAEConfig):
+        super().__init__()
+        chans = [c.base_channels * m for m in c.channel_mult]
+        self.conv_in = CausalConv3d(c.in_channels, chans[0])
+        layers, prev = [], chans[0]
+        for i, ch in enumerate(chans):
+            for _ in range(c.num_res_blocks):
+                layers.append(ResBlock(prev, ch))
+                prev = ch
+            if i < len(chans) - 1:
+                layers.append(Downsample(ch, temporal=i < c.temporal_levels))
+        self.down = nn.Sequential(*layers)
+        self.mid = nn.Sequential(ResBlock(prev, prev), ResBlock(prev, prev))
+        self.norm_out = FrameGroupNorm(_groups(prev), prev)
+        self.conv_out = CausalConv3d(prev, 2 * c.latent_channels)
+
+    def forward(self, x):
+        x = self.mid(self.down(self.conv_in(x)))  # (B, C', T', H', W')
+        return self.conv_out(F.silu(self.norm_out(x)))  # (B, 2 * latent, T', H', W')
+
+
+class Decoder(nn.Module):
+    def __init__(self, c: VideoVAEConfig):
+        super().__init__()
+        chans = [c.base_channels * m for m in c.channel_mult]
+        prev = chans[-1]
+        self.conv_in = CausalConv3d(c.latent_channels, prev)
+        self.mid = nn.Sequential(ResBlock(prev, prev), ResBlock(prev, prev))
+        layers = []
+        for i in reversed(range(len(chans))):
+            for _ in range(c.num_res_blocks):
+                layers.append(ResBlock(prev, chans[i]))
+                prev = chans[i]
+            if i > 0:  # mirrors the encoder: time doubles at the last ups
+                layers.append(Upsample(prev, temporal=i - 1 < c.temporal_levels))
+        self.up = nn.Sequential(*layers)
+        self.norm_out = FrameGroupNorm(_groups(prev), prev)
+        self.conv_out = CausalConv3d(prev, c.in_channels)
+
+    def forward(self, z):
+        x = self.up(self.mid(self.conv_in(z)))  # (B, C0, T, H, W)
+        return self.conv_out(F.silu(self.norm_out(x)))  # (B, 3, T, H, W)
+
+
+class DiagonalGaussian:
+    """Posterior N(mean, exp(logvar)) over latents (B, C, T, H, W)."""
+
+    def __init__(self, params: torch.Tensor):
+        self.mean, logvar = params.chunk(2, dim=1)
+        self.logvar = logvar.clamp(-30.0, 20.0)
+        self.std = torch.exp(0.5 * self.logvar)
+
+    def sample(self, generator=None) -> torch.Tensor:
+        gen_device = generator.device if generator is not None else self.mean.device
+        eps = torch.randn(self.mean.shape, generator=generator, device=gen_device)
+        return self.mean + self.std * eps.to(self.mean.device, self.mean.dtype)
+
+    def mode(self) -> torch.Tensor:
+        return self.mean
+
+    def kl(self) -> torch.Tensor:
+        """KL to N(0, I) per sample, averaged (not summed) over latent elements: shape (B,)."""
+        kl = 0.5 * (self.mean.pow(2) + self.logvar.exp() - 1.0 - self.logvar)
+        return kl.flatten(1).mean(1)
+
+
+#################################################################################
+#                                 The Model                                     #
+#################################################################################
+
+
+class VideoVAE(nn.Module):
+    """Causal video VAE; `encode(x) -> DiagonalGaussian`, `decode(z) -> x` in [-1, 1]."""
+
+    def __init__(self, config: VideoVAEConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    @property
+    def scaling_factor(self) -> float:
+        return self.config.scaling_factor
+
+    @property
+    def temporal_compression(self) -> int:
+        return self.config.temporal_compression
+
+    @property
+    def spatial_compression(self) -> int:
+        return self.config.spatial_compression
+
+    def latent_frames(self, num_frames: int) -> int:
+        """Latent frames for a clip of num_frames pixel frames (1 + (T - 1) / tc)."""
+        tc = self.config.temporal_compression
+        if num_frames < 1 or (num_frames - 1) % tc:
+            lo = 1 + (max(num_frames, 1) - 1) // tc * tc
+            raise ValueError(f"num_frames={num_frames} must be 1 + k*{tc} (e.g. {lo} or {lo + tc})")
+        return 1 + (num_frames - 1) // tc
+
+    def _reset_streams(self):
+        for m in self.modules():
+            if isinstance(m, CausalConv3d):
+                m.cache = None
+            elif isinstance(m, (Downsample, Upsample)):
+                m.seen_first = False
+
+    def _chunked(self, net: nn.Module, x: torch.Tensor, tile: int) -> torch.Tensor:
+        """Run net over frame 0, then chunks of `tile` frames (tile <= 0: all at once)."""
+        self._reset_streams()
+        try:
+            if tile <= 0 or x.shape[2] <= 1 + tile:
+                return net(x)
+            chunks = [x[:, :, :1]] + list(x[:, :, 1:].split(tile, dim=2))
+            return torch.cat([net(chunk) for chunk in chunks], dim=2)
+        finally:
+            self._reset_streams()  # drop cached activations
+
+    def encode(self, x: torch.Tensor, tile_frames: int | None = None) -> DiagonalGaussian:
+        """x (B, 3, T, H, W) in [-1, 1], T = 1 + k * tc, H and W multiples of sc."""
+        if x.ndim != 5 or x.shape[1] != self.config.in_channels:
+            raise ValueError(f"expected (B, {self.config.in_channels}, T, H, W), got {tuple(x.shape)}")
+        self.latent_frames(x.shape[2])
+        sc = self.config.spatial_compression
+        if x.shape[3] % sc or x.shape[4] % sc:
+            raise ValueError(f"height and width must be multiples of {sc}, got {tuple(x.shape[3:])}")
+        tile = self.config.tile_frames if tile_frames is None else tile_frames
+        if tile > 0 and tile % self.config.temporal_compression:
+            raise ValueError(f"tile_frames={tile} must be a multiple of {self.config.temporal_compression}")
+        return DiagonalGaussian(self._chunked(self.encoder, x, tile))
+
+    def decode(self, z: torch.Tensor, tile_frames: int | None = None) -> torch.Tensor:
+        """z (B, C, T', H', W') (unscaled) -> x (B, 3, 1 + (T'-1) tc, H' sc, W' sc)."""
+        tile = self.config.tile_frames if tile_frames is None else tile_frames
+        latent_tile = tile // self.config.temporal_compression if tile > 0 else 0
+        return self._chunked(self.decoder, z, latent_tile)
+
+    def forward(self, x, sample_posterior: bool = True, generator=None):
+        posterior = self.encode(x)
+        z = posterior.sample(generator) if sample_posterior else posterior.mode()
+        return self.decode(z), posterior
+
+    def save_pretrained(self, directory):
+        """Write config.json and model.safetensors (no pickle)."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(path / "model.safetensors"))
+
+    @classmethod
+    def from_pretrained(cls, directory, device="cpu") -> "VideoVAE":
+        path = Path(directory)
+        data = json.loads((path / "config.json").read_text())
+        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(VideoVAEConfig)})
+        if unknown:
+            raise ValueError(f"unknown VideoVAEConfig keys: {unknown}")
+        config = VideoVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        model = cls(config)
+        model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)))
+        return model.to(device)
+
+
+VAE_PRESETS = {
+    "tiny": VideoVAEConfig(latent_channels=4, base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1),
+    "base": VideoVAEConfig(latent_channels=16, base_channels=64, channel_mult=(1, 2, 4, 4), num_res_blocks=2),
+}
+
+
+def build_vae(preset_or_config: str | VideoVAEConfig, **overrides) -> VideoVAE:
+    if isinstance(preset_or_config, str):
+        if preset_or_config not in VAE_PRESETS:
+            raise KeyError(f"unknown VAE preset {preset_or_config!r}; known: {sorted(VAE_PRESETS)}")
+        preset_or_config = VAE_PRESETS[preset_or_config]
+    return VideoVAE(dataclasses.replace(preset_or_config, **overrides))
+
+
+#################################################################################
+#                        Pretrained diffusers VAEs (optional)                   #
+#################################################################################
+
+
+def _hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("", "0", "false", "no")
+
+
+class DiffusersVAE(nn.Module):
+    """A diffusers video VAE behind VideoVAE's interface (encode -> posterior, decode -> pixels)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        cfg = model.config
+        self.scaling_factor = float(getattr(cfg, "scaling_factor", None) or 1.0)
+        self.temporal_compression = int(
+            getattr(cfg, "temporal_compression_ratio", None) or getattr(cfg, "scale_factor_temporal", 4)
+        )
+        self.spatial_compression = int(getattr(cfg, "scale_factor_spatial", None) or 8)
+        if hasattr(model, "enable_tiling"):
+            model.enable_tiling()  # bounds memory on long or large clips
+
+    def latent_frames(self, num_frames: int) -> int:
+        return 1 + (num_frames - 1) // self.temporal_compression
+
+    def encode(self, x):
+        return self.model.encode(x).latent_dist
+
+    def decode(self, z):
+        return self.model.decode(z).sample
+
+
+def load_diffusers_vae(name_or_path: str, subfolder: str | None = None) -> DiffusersVAE:
+    """Load a pretrained diffusers VAE (e.g. Wan, CogVideoX) by hub name or local path."""
+    try:
+        import diffusers
+    except ImportError as e:
+        raise ImportError("load_diffusers_vae needs diffusers: pip install diffusers") from e
+    try:
+        model = diffusers.AutoModel.from_pretrained(
+            name_or_path, subfolder=subfolder, local_files_only=_hf_offline()
+        )
+    except OSError as e:
+        hint = " (HF_HUB_OFFLINE is set: pass a local path or a cached name)" if _hf_offline() else ""
+        raise OSError(f"could not load a diffusers VAE from {name_or_path!r}{hint}: {e}") from e
+    return DiffusersVAE(model.eval())
+
+
+def load_vae(spec: str, device="cpu", seed: int = 0):
+    """A VAE by spec: a preset name ("tiny", "base": random init from `seed`), a directory written
+    by `save_pretrained`, or "diffusers:NAME_OR_PATH" for a pretrained diffusers video VAE."""
+    from pathlib import Path
+
+    if spec.startswith("diffusers:"):
+        return load_diffusers_vae(spec[len("diffusers:"):]).to(device)
+    if Path(spec).is_dir():
+        return VideoVAE.from_pretrained(spec, device=device)
+    if spec in VAE_PRESETS:
+        with torch.random.fork_rng(devices=[]):  # same seed, same weights, global RNG untouched
+            torch.manual_seed(seed)
+            return build_vae(spec).to(device)
+    raise ValueError(f"unknown VAE {spec!r}: expected one of {sorted(VAE_PRESETS)}, a directory saved "
+                     "with save_pretrained, or diffusers:NAME_OR_PATH")

@@ -1,0 +1,125 @@
+"""Sampling: prompts -> latents (rectified-flow Euler with CFG) -> pixels -> mp4.
+
+Checkpoint layout read by `load_checkpoint_for_sampling` (the training job writes it):
+    CKPT/dit/   config.json + model.safetensors  (VideoDiT.save_pretrained of the raw weights)
+    CKPT/ema/   the same for the EMA weights; optional (config.json may be left out there)
+EMA weights are used when ema/ exists, since they sample better than the raw ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+from einops import rearrange
+from safetensors.torch import load_file
+
+from training import flow
+from training.models.dit import VideoDiT
+
+log = logging.getLogger(__name__)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Pixels (B, 3, T, H, W) in [-1, 1] -> uint8 frames (B, T, H, W, 3)."""
+    x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return rearrange(x, "b c t h w -> b t h w c").cpu()
+
+
+@torch.no_grad()
+def sample_video(
+    dit, vae, text_encoder, prompts: list[str], num_frames: int = 17, height: int = 256,
+    width: int = 256, steps: int = 30, cfg_scale: float = 5.0, seed: int = 0, shift: float | None = None,
+) -> torch.Tensor:
+    """Generate one video per prompt; returns uint8 frames (B, T, H, W, 3).
+
+    num_frames must be 1 + k * (the VAE's temporal compression), height and width multiples of
+    its spatial compression. The noise comes from a CPU generator seeded with `seed`, so a seed
+    gives the same video on any device (up to kernel numerics).
+    """
+    device = next(dit.parameters()).device
+    if text_encoder.dim != dit.config.text_dim:
+        raise ValueError(f"text encoder {text_encoder.name} has dim {text_encoder.dim}, "
+                         f"the DiT expects text_dim={dit.config.text_dim}")
+    sc = vae.spatial_compression
+    if height % sc or width % sc:
+        raise ValueError(f"height and width must be multiples of {sc}, got {height}x{width}")
+    tokens, mask, pooled = text_encoder.encode(list(prompts))
+    cond = {"text_tokens": tokens.to(device), "text_mask": mask.to(device), "text_pooled": pooled.to(device)}
+    shape = (len(prompts), dit.config.in_channels, vae.latent_frames(num_frames), height // sc, width // sc)
+    generator = torch.Generator("cpu").manual_seed(seed)
+    z = flow.sample(dit, shape, cond, None, steps=steps, cfg_scale=cfg_scale, generator=generator, shift=shift)
+    vae_param = next(vae.parameters())
+    x = vae.decode((z / vae.scaling_factor).to(vae_param.device, vae_param.dtype))  # (B, 3, T, H, W)
+    return to_uint8(x)
+
+
+def write_mp4(frames, path, fps: float = 24, crf: int = 18) -> Path:
+    """Encode uint8 frames (T, H, W, 3) as H.264/yuv420p; odd sizes are padded by edge pixels."""
+    import av
+
+    frames = np.asarray(frames.cpu() if isinstance(frames, torch.Tensor) else frames, dtype=np.uint8)
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"expected frames (T, H, W, 3), got {frames.shape}")
+    # yuv420p subsamples chroma 2x2, so libx264 needs even width and height.
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    frames = np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf)}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())  # flush the encoder
+    return path
+
+
+def load_checkpoint_for_sampling(ckpt_dir, device="cpu") -> VideoDiT:
+    """The VideoDiT of a checkpoint directory, with its EMA weights when ema/ exists; eval mode."""
+    ckpt = Path(ckpt_dir)
+    if not (ckpt / "dit" / "config.json").exists():
+        raise FileNotFoundError(f"{ckpt} has no dit/config.json (expected dit/ from save_pretrained)")
+    model = VideoDiT.from_pretrained(ckpt / "dit", device=device)
+    ema_weights = ckpt / "ema" / "model.safetensors"
+    if ema_weights.exists():
+        model.load_state_dict(load_file(str(ema_weights), device=str(device)))
+        log.info("loaded EMA weights from %s", ema_weights)
+    else:
+        log.info("no ema/ in %s: sampling with the raw weights", ckpt)
+    return model.eval()
+
+
+def checkpoint_meta(ckpt_dir) -> dict:
+    """`meta.json` of a checkpoint (vae/text encoder specs the training used), or {}."""
+    import json
+
+    path = Path(ckpt_dir) / "meta.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def sample_to_files(cfg, ckpt_dir, prompts: list[str], out_dir, vae_spec: str | None = None,
+                    text_encoder_spec: str | None = None, device: str = "cpu") -> list[Path]:
+    """Load checkpoint + VAE + text encoder, sample one mp4 per prompt into out_dir; returns the paths."""
+    from training.models.text import build_text_encoder
+    from training.models.vae import load_vae
+
+    meta = checkpoint_meta(ckpt_dir)
+    vae_spec = vae_spec or meta.get("vae") or cfg.precompute.vae
+    text_spec = text_encoder_spec or meta.get("text_encoder") or cfg.precompute.text_encoder
+    dit = load_checkpoint_for_sampling(ckpt_dir, device=device)
+    vae = load_vae(vae_spec, device=device).eval()
+    text_encoder = build_text_encoder(text_spec)
+    s = cfg.sample
+    frames = sample_video(dit, vae, text_encoder, prompts, num_frames=s.num_frames, height=s.height,
+                          width=s.width, steps=s.steps, cfg_scale=s.cfg_scale, seed=s.seed)
+    out = Path(out_dir)
+    paths = []
+    for i, video in enumerate(frames):
+        paths.append(write_mp4(video, out / f"sample-{s.seed}-{i:03d}.mp4", fps=s.fps))
+    return paths
