@@ -1,0 +1,141 @@
+"""Split throughput (frames/s): SplitStage vs the `scenedetect` CLI vs the PyAV decode floor.
+
+On the same videos (generated ones plus ../shared/media when present): SplitStage's detection
+(ContentDetector defaults, one decode), the `scenedetect` CLI run per file (its default OpenCV
+backend, start-up included), and the floor: PyAV decoding every frame into BGR at the same
+detection size with no detection (the cheaper of libswscale scaling and our conversion path);
+`decode` is bare decoding. Each number is the best of --repeats runs, on wall-clock seconds and
+on CPU seconds (the machine is shared; CPU seconds are steadier and are what a fully loaded Ray
+node pays). One JSON line per video, then a summary line. Run:
+    OMP_NUM_THREADS=1 python bench/split.py [--repeats 3] [--no-cli]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import av
+from av.video.reformatter import VideoReformatter
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere
+
+from infra.videogen import Scene, write_video  # noqa: E402
+from pipelines.split import _bgr, _target_size, detect_cuts  # noqa: E402
+
+MEDIA = ROOT.parent / "shared" / "media"
+SHARED = ["pyscenedetect/testvideo.mp4", "pyscenedetect/goldeneye-vfr-drop3.mp4",
+          "pyscenedetect/issue-134-rotate.mp4", "pyscenedetect/issue-236-split-copy.mkv",
+          "pyscenedetect/counter.mp4", "pyscenedetect/fades.mp4",
+          "decord/flipping_a_pancake.mkv"]
+SCENEDETECT = Path(sys.executable).parent / "scenedetect"
+
+
+def generated(directory: Path) -> list[Path]:
+    """Three sizes of the same kind of content: cuts, motion, text, noise."""
+    scenes = [Scene(60), Scene(50, kind="text"), Scene(40, kind="noise"), Scene(60, kind="blur"),
+              Scene(30, kind="static"), Scene(60, direction="left")]
+    out = []
+    for name, (w, h) in {"gen-128x96.mp4": (128, 96), "gen-640x360.mp4": (640, 360),
+                         "gen-1280x720.mp4": (1280, 720)}.items():
+        write_video(directory / name, scenes, width=w, height=h, fps=24, crf=23)
+        out.append(directory / name)
+    return out
+
+
+def decode_floor(path: Path, how: str) -> int:
+    """Decode every frame into BGR at the detection size without detecting (or only decode)."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        s.thread_type = "AUTO"
+        size, n, ref = None, 0, VideoReformatter()
+        for frame in c.decode(s):
+            size = size or _target_size(frame.width, frame.height, "auto")
+            if how == "swscale":  # libswscale scales and converts in one call
+                ref.reformat(frame, format="bgr24", width=size[0], height=size[1],
+                             threads=1).to_ndarray()
+            elif how == "ours":  # the conversion SplitStage does (full-size BGR + cv2 resize)
+                _bgr(frame, size, ref)
+            n += 1
+    return n
+
+
+def cli(path: Path) -> None:
+    subprocess.run([str(SCENEDETECT), "-q", "-i", str(path), "detect-content", "list-scenes",
+                    "-n"], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the CLI runs as a child)."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def best_of(fn, repeats: int) -> tuple[float, float, object]:
+    """Best wall seconds, best CPU seconds and the result of `repeats` runs of fn()."""
+    wall, cpu, result = float("inf"), float("inf"), None
+    for _ in range(repeats):
+        t0, c0 = time.perf_counter(), _cpu_s()
+        result = fn()
+        wall, cpu = min(wall, time.perf_counter() - t0), min(cpu, _cpu_s() - c0)
+    return wall, cpu, result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-cli", action="store_true", help="skip the scenedetect CLI runs")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-split-"))
+    videos = generated(tmp) + [MEDIA / v for v in SHARED if (MEDIA / v).is_file()]
+    startup = best_of(lambda: subprocess.run([str(SCENEDETECT), "version"], check=True,
+                                             capture_output=True), args.repeats)[0]
+    keys = ("ours", "floor", "decode", "cli")
+    tot = {f"{k}_{m}": 0.0 for k in keys for m in ("wall", "cpu")} | {"frames": 0}
+    for path in videos:
+        t: dict = {}
+        t["ours_wall"], t["ours_cpu"], d = best_of(lambda: detect_cuts(str(path)), args.repeats)
+        # The floor is the cheaper of the two ways to get BGR frames at the detection size.
+        floors = [best_of(lambda: decode_floor(path, how), args.repeats) for how in
+                  ("swscale", "ours")]
+        t["floor_wall"], t["floor_cpu"], n = min(floors[0][0], floors[1][0]), min(
+            floors[0][1], floors[1][1]), floors[0][2]
+        t["decode_wall"], t["decode_cpu"], _ = best_of(lambda: decode_floor(path, "none"),
+                                                       args.repeats)
+        if not args.no_cli:
+            t["cli_wall"], t["cli_cpu"], _ = best_of(lambda: cli(path), args.repeats)
+        tot["frames"] += n
+        for k, v in t.items():
+            tot[k] += v
+        print(json.dumps({"video": path.name, "frames": n, "cuts": d.cuts}
+                         | {f"{k}_fps": round(n / v, 1) for k, v in t.items()}
+                         | _ratios(t)), flush=True)
+    print(json.dumps({"summary": True, "videos": len(videos), "frames": tot["frames"]}
+                     | {f"{k}_fps": round(tot["frames"] / v, 1) for k, v in tot.items()
+                        if k != "frames" and v}
+                     | _ratios(tot)
+                     | {"cli_startup_s": round(startup, 3), "targets": ">=2x cli, <=1.3x floor",
+                        "repeats": args.repeats, "python": platform.python_version(),
+                        "cpus": os.cpu_count()}), flush=True)
+
+
+def _ratios(t: dict) -> dict:
+    """Speed-up over the CLI and slow-down against the floor, on wall and on CPU seconds."""
+    out = {}
+    for m in ("wall", "cpu"):
+        if t.get(f"cli_{m}"):
+            out[f"speedup_vs_cli_{m}"] = round(t[f"cli_{m}"] / t[f"ours_{m}"], 2)
+        out[f"slowdown_vs_floor_{m}"] = round(t[f"ours_{m}"] / t[f"floor_{m}"], 2)
+    return out
+
+if __name__ == "__main__":
+    main()
