@@ -11,9 +11,9 @@ from rich.table import Table
 
 
 @contextlib.contextmanager
-def curate_progress(console: Console) -> Iterator:
-    """A progress callback `(event, n, done)` drawing one bar over the job's videos."""
-    bar = Progress(TextColumn("[bold]curate[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+def curate_progress(console: Console, job: str = "curate") -> Iterator:
+    """A progress callback `(event, n, done)` drawing one bar over the job's inputs."""
+    bar = Progress(TextColumn(f"[bold]{job}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, transient=False, disable=not console.is_terminal)
     task = None
     with bar:
@@ -46,4 +46,67 @@ def print_curate_summary(out: Console, manifest: dict) -> None:
     tp = manifest["throughput"]
     if tp.get("video_s_per_wall_s") is not None:
         t.add_row("throughput", f"{tp['videos_per_s']} videos/s, {tp['video_s_per_wall_s']} video-s per wall-s")
+    out.print(t)
+
+
+@contextlib.contextmanager
+def caption_progress(console: Console) -> Iterator:
+    """A progress callback `(event, n, done)` drawing one bar over the job's kept clips."""
+    bar = Progress(TextColumn("[bold]caption[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   console=console, transient=False, disable=not console.is_terminal)
+    task = None
+    with bar:
+        def progress(event: str, n: int, done: int) -> None:
+            nonlocal task
+            if event == "start":
+                task = bar.add_task("clips", total=n, completed=done)
+                if done:
+                    console.print(f"resume: {done} of {n} kept clips are in complete partitions, skipping them")
+            elif task is not None:
+                bar.advance(task, n)
+
+        yield progress
+
+
+def print_caption_summary(out: Console, manifest: dict) -> None:
+    c = manifest["counts"]
+    t = Table(title=f"caption -> {manifest['output']}", show_header=False, box=None)
+    t.add_row("model", manifest["model"])
+    t.add_row("clips", f"{c['clips_in']} ({c['kept']} kept, {c['not_kept']} not kept: passed through)")
+    t.add_row("captioned", str(c["captioned"]))
+    t.add_row("failed", str(c["failed"]))
+    for stage, n in sorted(c["failed_by_stage"].items()):
+        t.add_row(f"  {stage}", str(n))
+    t.add_row("output tokens", str(c["output_tokens"]))
+    r = manifest["resume"]
+    t.add_row("partitions", f"{r['partitions']} ({r['skipped_complete']} already complete, skipped)")
+    t.add_row("wall time", f"{manifest['wall_s']:.1f} s")
+    tp = manifest["throughput"]
+    if tp.get("clips_per_s") is not None:
+        t.add_row("throughput", f"{tp['clips_per_s']} clips/s, {tp['output_tokens_per_s']} output tokens/s "
+                                f"({tp['clips']} clips this run)")
+    out.print(t)
+    if manifest["placeholder"]:
+        out.print(f"[bold red]WARNING: CAPTIONS ARE PLACEHOLDERS[/] - {manifest['model']!r} is a tiny randomly "
+                  "initialised model; set caption.model or --model to a real captioner before training on them.")
+
+
+def print_precompute_summary(out: Console, manifest: dict) -> None:
+    c, b = manifest["counts"], manifest["bytes"]
+    t = Table(title=f"precompute -> {manifest['output']}", show_header=False, box=None)
+    t.add_row("clips read", str(c["clips"]))
+    t.add_row("eligible", str(c["eligible"]))
+    for reason, n in sorted(c["dropped"].items()):
+        t.add_row(f"  dropped: {reason}", str(n))
+    t.add_row("encoded", str(c["encoded"]))
+    t.add_row("failed", str(c["failed"]))
+    for bucket, n in sorted(c["rows_per_bucket"].items()):
+        t.add_row(f"  bucket {bucket}", str(n))
+    t.add_row("bytes per clip", f"{b['per_clip']:.0f}")
+    t.add_row("projected storage", f"{b['projection']['1M_clips_GB']} GB per 1M clips, "
+              f"{b['projection']['10M_clips_GB']} GB per 10M")
+    r = manifest["resume"]
+    t.add_row("shards", f"{r['partitions']} ({r['skipped_complete']} already complete, skipped)")
+    t.add_row("throughput", f"{manifest['throughput']['clips_per_s']} clips/s")
+    t.add_row("wall time", f"{manifest['wall_s']:.1f} s")
     out.print(t)

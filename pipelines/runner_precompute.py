@@ -1,0 +1,201 @@
+"""The precompute job on Ray Data: captioned clips -> bucketed pixels (CPU tasks) -> latents (actor pool).
+
+The driver plans everything cheap and deterministic up front (which clips are eligible, their
+bucket, the shards), so shards have deterministic names and a re-run skips complete ones; it then
+gathers each shard's rows (latent bytes, small) and commits it with a marker, as curate does.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from infra import storage
+from infra.config import ReelForgeConfig
+from pipelines import partitions, precompute
+from pipelines.manifest import git_sha, package_versions, write_manifest
+from pipelines.schema import FAILURES_SCHEMA, LATENTS_SCHEMA, table_from_rows
+
+log = logging.getLogger(__name__)
+_CLIP_COLS = ["clip_id", "uri", "start_frame", "end_frame", "fps", "width", "height", "num_frames", "caption", "keep"]
+
+
+class PrecomputeError(ValueError):
+    """The input cannot be precomputed at all (no clips table, no captions)."""
+
+
+def _vae_factors(spec: str) -> tuple[int, int]:
+    from training.models.vae import load_vae
+
+    vae = load_vae(spec)
+    return vae.temporal_compression, vae.spatial_compression
+
+
+def plan_clips(cfg: ReelForgeConfig, clips_root: str) -> tuple[list[dict], dict[str, int], int]:
+    """Eligible clip rows with their bucket window, drop counts per reason, and the clips read."""
+    p = cfg.precompute
+    folder = storage.join(clips_root, "clips")
+    table = storage.read_table(folder)
+    if "caption" not in table.column_names:
+        raise PrecomputeError(f"{folder} has no caption column: run `reelforge caption` first")
+    temporal, spatial = _vae_factors(p.vae)
+    buckets = precompute.make_buckets(p.resolutions, p.frame_counts, p.aspect_ratios,
+                                      multiple=spatial * 2, temporal=temporal)
+    dropped: dict[str, int] = collections.Counter()
+    rows = []
+    for r in sorted(table.select([c for c in _CLIP_COLS if c in table.column_names]).to_pylist(),
+                    key=lambda r: r["clip_id"]):
+        if r.get("keep") is False:
+            dropped["not_kept"] += 1
+            continue
+        if not (r.get("caption") or "").strip():
+            dropped["no_caption"] += 1
+            continue
+        bucket, why = precompute.assign_bucket(r["width"], r["height"], r["end_frame"] - r["start_frame"],
+                                               buckets, p.frame_stride)
+        if bucket is None:
+            dropped["no_bucket"] += 1
+            continue
+        name = bucket.name(temporal, spatial)
+        if precompute.keep_draw(r["clip_id"], p.seed) >= p.keep_prob.get(name, 1.0):
+            dropped["bucket_keep_prob"] += 1
+            continue
+        ws, we = precompute.frame_window(r["start_frame"], r["end_frame"], bucket.frames, p.frame_stride)
+        latent = bucket.latent_shape(temporal, spatial)
+        rows.append({**{k: r.get(k) for k in ("clip_id", "uri", "fps", "caption")}, "win_start": ws,
+                     "win_end": we, "b_frames": bucket.frames, "b_height": bucket.height, "b_width": bucket.width,
+                     "stride": p.frame_stride, "est_bytes": 2 * 16 * int(np.prod(latent)) + 8192})
+    return rows, dict(dropped), table.num_rows
+
+
+def plan_shards(rows: list[dict], shard_rows: int, shard_bytes: int) -> list[tuple[str, list[dict]]]:
+    """Cut clip_id-sorted rows into shards bounded by rows and estimated bytes; deterministic ids."""
+    shards, current, size = [], [], 0
+    for r in rows:
+        if current and (len(current) >= shard_rows or size + r["est_bytes"] > shard_bytes):
+            shards.append(current)
+            current, size = [], 0
+        current.append(r)
+        size += r["est_bytes"]
+    if current:
+        shards.append(current)
+    out = []
+    for i, shard in enumerate(shards):
+        digest = hashlib.sha1("\n".join(r["clip_id"] for r in shard).encode()).hexdigest()[:8]
+        out.append((f"{i:05d}-{digest}", shard))
+    return out
+
+
+def _dataset(cfg: ReelForgeConfig, rows: list[dict]):
+    import ray
+
+    p = cfg.precompute
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = False
+    ctx.enable_progress_bars = False
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
+    ds = ds.map_batches(precompute.PixelPrepStage, fn_constructor_kwargs={}, batch_size=1,
+                        num_cpus=p.prep_cpus, concurrency=(1, max(1, p.prep_concurrency)), zero_copy_batch=False)
+    ds = ds.map_batches(precompute.EncodeStage, batch_size=p.batch_size, concurrency=p.concurrency,
+                        num_gpus=p.num_gpus, num_cpus=p.encode_cpus, zero_copy_batch=False,
+                        fn_constructor_kwargs=dict(vae=p.vae, text_encoder=p.text_encoder,
+                                                   latent_dtype=p.latent_dtype,
+                                                   device="cuda" if p.num_gpus > 0 else "cpu"))
+    return ds
+
+
+def _commit(output: str, pid: str, rows: list[dict], fingerprint: str) -> dict:
+    rows.sort(key=lambda r: r["clip_id"])
+    ok = [r for r in rows if not r.get("error")]
+    bad = [r for r in rows if r.get("error")]
+    latents = table_from_rows([{k: r.get(k) for k in LATENTS_SCHEMA.names} for r in ok], LATENTS_SCHEMA)
+    failures = table_from_rows([{"uri": r.get("uri"), "video_id": str(r["clip_id"]).rsplit("-", 1)[0],
+                                 "clip_id": r["clip_id"], "stage": r.get("error_stage") or "precompute",
+                                 "error_type": "PrecomputeError", "message": r["error"]} for r in bad],
+                               FAILURES_SCHEMA)
+    per_bucket = collections.Counter(r["bucket"] for r in ok)
+    nbytes = sum(len(r["latent"]) + len(r["text_emb"]) for r in ok)
+    counts = {"rows": len(rows), "encoded": len(ok), "failed": len(bad), "bytes": nbytes,
+              "per_bucket": dict(per_bucket), "prep_s": sum(float(r.get("prep_s") or 0) for r in rows)}
+    return partitions.write_partition(output, pid, {"latents": latents, "failures": failures}, fingerprint, counts)
+
+
+def run_precompute(cfg: ReelForgeConfig, clips_root: str, output: str,
+                   progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Encode every eligible captioned clip under `clips_root` into `output`/latents; returns the manifest."""
+    from pipelines.runner import init_ray
+
+    started = time.time()
+    storage.configure(cfg.storage.s3_endpoint, cfg.storage.region, cfg.storage.retries, cfg.storage.backoff_s)
+    rows, dropped, n_clips = plan_clips(cfg, clips_root)
+    shards = plan_shards(rows, cfg.precompute.shard_rows, cfg.precompute.shard_bytes)
+    fingerprint = cfg.fingerprint("precompute")
+    plan = [partitions.Partition(pid, tuple(r["clip_id"] for r in s)) for pid, s in shards]
+    markers = partitions.completed(output, plan, fingerprint)
+    pending = [(pid, s) for pid, s in shards if pid not in markers]
+    storage.makedirs(output)
+    storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
+    log.info("precompute: %d clips, %d eligible in %d shards; %d complete, skipping them",
+             n_clips, len(rows), len(shards), len(markers))
+    if progress:
+        progress("start", len(rows), sum(len(s) for pid, s in shards if pid in markers))
+    t0 = time.perf_counter()
+    if pending:
+        expected = {pid: len(s) for pid, s in pending}
+        items = [{**r, "shard": pid} for pid, s in pending for r in s]
+        started_ray = init_ray(cfg)
+        try:
+            buffers: dict[str, list[dict]] = collections.defaultdict(list)
+            for row in _dataset(cfg, items).iter_rows():
+                pid = row["shard"]
+                buffers[pid].append(dict(row))
+                if progress:
+                    progress("clip", 1, 0)
+                if len(buffers[pid]) == expected[pid]:
+                    markers[pid] = _commit(output, pid, buffers.pop(pid), fingerprint)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+    encode_wall = time.perf_counter() - t0
+    removed = partitions.remove_stale(output, ["latents", "failures"], {p.pid for p in plan})
+    manifest = build_precompute_manifest(cfg, clips_root, output, started, markers, dropped, n_clips, len(rows),
+                                         len(shards), len(shards) - len(pending), removed, encode_wall,
+                                         sum(len(s) for _, s in pending))
+    write_manifest(output, manifest)
+    return manifest
+
+
+def build_precompute_manifest(cfg, clips_root, output, started, markers, dropped, n_clips, eligible, n_shards,
+                              skipped, removed, encode_wall, processed_clips) -> dict:
+    per_bucket: collections.Counter = collections.Counter()
+    encoded = failed = nbytes = 0
+    for m in markers.values():
+        c = m["counts"]
+        per_bucket.update(c["per_bucket"])
+        encoded, failed, nbytes = encoded + c["encoded"], failed + c["failed"], nbytes + c["bytes"]
+    per_clip = nbytes / encoded if encoded else 0.0
+    finished = time.time()
+    return {
+        "job": "precompute", "input": clips_root, "output": output,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
+        "wall_s": round(finished - started, 3),
+        "counts": {"clips": n_clips, "eligible": eligible,
+                   "encoded": encoded, "failed": failed, "dropped": dropped, "rows_per_bucket": dict(per_bucket)},
+        "bytes": {"total": nbytes, "per_clip": round(per_clip, 1),
+                  "projection": {"1M_clips_GB": round(per_clip * 1e6 / 1e9, 3),
+                                 "10M_clips_GB": round(per_clip * 1e7 / 1e9, 3)}},
+        "throughput": {"clips_per_s": round(processed_clips / encode_wall, 3) if encode_wall and processed_clips else None},
+        "resume": {"partitions": n_shards, "skipped_complete": skipped, "processed": n_shards - skipped,
+                   "stale_parts_removed": removed},
+        "models": {"vae": cfg.precompute.vae, "text_encoder": cfg.precompute.text_encoder,
+                   "latent_dtype": cfg.precompute.latent_dtype},
+        "config": cfg.to_dict(), "versions": package_versions(), "git_sha": git_sha(),
+    }
