@@ -91,6 +91,10 @@ def plan_shards(rows: list[dict], shard_rows: int, shard_bytes: int) -> list[tup
     return out
 
 
+def _prep_batch(batch: dict) -> dict:
+    return precompute.PixelPrepStage()(batch)
+
+
 def _dataset(cfg: ReelForgeConfig, rows: list[dict]):
     import ray
 
@@ -98,9 +102,11 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict]):
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False
     ctx.enable_progress_bars = False
-    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), 200)))
-    ds = ds.map_batches(precompute.PixelPrepStage, fn_constructor_kwargs={}, batch_size=1,
-                        num_cpus=p.prep_cpus, concurrency=(1, max(1, p.prep_concurrency)), zero_copy_batch=False)
+    ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // cfg.precompute.batch_size, 200)))
+    # Prep as plain tasks over small batches: decoding needs no state, and per-row scheduling
+    # would cost more than decoding a short clip.
+    ds = ds.map_batches(_prep_batch, batch_size=p.batch_size, num_cpus=p.prep_cpus,
+                        concurrency=max(1, p.prep_concurrency), zero_copy_batch=False)
     ds = ds.map_batches(precompute.EncodeStage, batch_size=p.batch_size, concurrency=p.concurrency,
                         num_gpus=p.num_gpus, num_cpus=p.encode_cpus, zero_copy_batch=False,
                         fn_constructor_kwargs=dict(vae=p.vae, text_encoder=p.text_encoder,
