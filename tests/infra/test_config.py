@@ -62,3 +62,8 @@ def test_cli_config_show_and_errors():
     assert bad.returncode != 0 and "train.lr" in bad.stderr
     unknown = subprocess.run(exe + ["config", "show", "--set", "sample.colour=red"], capture_output=True, text=True, cwd=ROOT)
     assert unknown.returncode != 0 and "sample.colour" in unknown.stderr
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_preset_loads(preset):
+    load_config(ROOT / "configs" / preset)
