@@ -11,6 +11,7 @@ gives `clips/part-{pid}.parquet` and `failures/part-{pid}.parquet` out, then `_m
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import functools
 import hashlib
@@ -19,9 +20,10 @@ import logging
 import math
 import os
 import posixpath
+import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from captioning.models import CaptionerNotAvailable, build_tiny_captioner, is_placeholder
+from captioning.models import PLACEHOLDER_FILE, CaptionerNotAvailable, build_tiny_captioner, is_placeholder
 from captioning.prompts import DEFAULT_PROMPT, PROMPTS, template_fields
 from infra import storage
 from infra.config import ReelForgeConfig
@@ -61,43 +63,60 @@ class CaptionInputError(ValueError):
 # ----------------------------------------------------------------------------- the model
 
 
-def resolve_model(cfg: ReelForgeConfig, output: str, model: str | None) -> tuple[str, str, bool]:
+@contextlib.contextmanager
+def resolve_model(cfg: ReelForgeConfig, output: str, model: str | None) -> Iterator[tuple[str, str, bool]]:
     """(name for the table, what the actors load, placeholder?) for `model` or caption.model.
 
-    `tiny-random` builds the tiny random captioner once (seeded by caption.seed) into
-    `{output}/_models/tiny-captioner`; for an s3:// output it is built in a local cache and a copy
-    is uploaded there. A hub name is checked here (config only) so a missing model fails before
-    Ray starts, not inside every actor.
+    `tiny-random` is built once (seeded by caption.seed) into `{output}/_models/tiny-captioner`
+    and reused from there, so a resumed job captions with the same weights. For an s3:// output
+    the actors load a local copy that is removed afterwards. A hub name is checked here (config
+    only) so a missing model fails before Ray starts, not inside every actor.
     """
     name = model or cfg.caption.model
     if name != TINY:
-        _check_available(name)
-        return name, name, is_placeholder(name)
+        path = _check_available(name)
+        yield name, path, is_placeholder(path)
+        return
     c = cfg.caption
-    remote = storage.join(output, "_models", "tiny-captioner")
-    local = (os.path.join(tempfile.gettempdir(), "reelforge-models", f"tiny-captioner-s{c.seed}-f{c.num_frames}")
-             if storage.is_s3(output) else remote)
-    if not is_placeholder(local):
-        build_tiny_captioner(local, seed=c.seed, num_frames=c.num_frames)
-    if storage.is_s3(output) and not storage.exists(storage.join(remote, "config.json")):
-        for f in sorted(os.listdir(local)):
-            storage.write_bytes(storage.join(remote, f), Path(local, f).read_bytes())
-    return TINY, local, True
+    saved = storage.join(output, "_models", "tiny-captioner")
+    if not storage.is_s3(output):
+        saved = os.path.abspath(saved)  # Ray workers do not share the driver's working directory
+        if not is_placeholder(saved):
+            build_tiny_captioner(saved, seed=c.seed, num_frames=c.num_frames)
+        yield TINY, saved, True
+        return
+    local = tempfile.mkdtemp(prefix="reelforge-tiny-captioner-")
+    try:
+        files = storage.list_files(saved)
+        if any(posixpath.basename(f) == PLACEHOLDER_FILE for f in files):
+            for f in files:
+                Path(local, posixpath.basename(f)).write_bytes(storage.read_bytes(f))
+        else:
+            build_tiny_captioner(local, seed=c.seed, num_frames=c.num_frames)
+            # the placeholder marker goes up last: the saved copy is complete once it is there
+            for f in sorted(os.listdir(local), key=lambda f: f == PLACEHOLDER_FILE):
+                storage.write_bytes(storage.join(saved, f), Path(local, f).read_bytes())
+        yield TINY, local, True
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
 
 
-def _check_available(name: str) -> None:
+def _check_available(name: str) -> str:
+    """What the actors load: an absolute local directory, or a hub name whose config resolves."""
     from transformers import AutoConfig
 
     if name.startswith(("/", "./", "../", "~")) or os.path.isdir(name):
-        if not os.path.isdir(os.path.expanduser(name)):
+        path = os.path.abspath(os.path.expanduser(name))
+        if not os.path.isdir(path):
             raise CaptionerNotAvailable(f"captioner directory {name!r} does not exist")
-        return
+        return path
     try:
         AutoConfig.from_pretrained(name)
     except OSError as e:
         from captioning.models import _not_available
 
         raise _not_available(name, e) from e
+    return name
 
 
 def _placeholder_warning(name: str) -> None:
@@ -264,11 +283,18 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict], model_path: str):
     # About one model batch per block: partitions finish (and commit) while the job streams.
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(math.ceil(len(rows) / c.batch_size), 2000)))
     prep = json.dumps(dict(num_frames=c.num_frames, frame_size=c.frame_size))
+    # Prep tasks reserve the memory they use: a worker with the decoders loaded (Ray measured up
+    # to ~460 MiB, and wants 25% headroom) plus a batch of frames, decoded and resized. It also
+    # keeps them a stage of their own: Ray fuses a task stage into the next actor stage when
+    # their resource requests are equal (any CPU-only run), and decoding would then wait on
+    # generation inside the actor (ray-project/ray#54433).
+    memory = 768 * 2**20 + 2 * c.batch_size * c.num_frames * c.frame_size**2 * 3
     ds = ds.map_batches(prep_batch, fn_kwargs=dict(kwargs_json=prep), batch_size=c.batch_size,
-                        num_cpus=c.prep_cpus, max_retries=3, zero_copy_batch=False)
+                        num_cpus=c.prep_cpus, memory=memory, zero_copy_batch=False)
+    # A fixed pool of caption.concurrency actors, each loading the model once (concurrency=N).
     return ds.map_batches(CaptionStage, fn_constructor_kwargs=_stage_kwargs(cfg, model_path),
-                          concurrency=c.concurrency, num_gpus=c.num_gpus, batch_size=c.batch_size,
-                          zero_copy_batch=False)
+                          compute=ray.data.ActorPoolStrategy(size=c.concurrency), num_gpus=c.num_gpus,
+                          batch_size=c.batch_size, zero_copy_batch=False)
 
 
 def _iso(t: float) -> str:
@@ -318,38 +344,11 @@ def build_manifest(*, cfg: ReelForgeConfig, clips_root: str, output: str, starte
     }
 
 
-def run_caption(cfg: ReelForgeConfig, clips_root: str, output: str | None = None, model: str | None = None,
-                progress: Callable[[str, int, int], None] | None = None) -> dict:
-    """Caption every kept clip of the curate output at `clips_root` into `output`; returns the manifest."""
-    started = time.time()
-    storage.configure(cfg.storage.s3_endpoint, cfg.storage.region, cfg.storage.retries, cfg.storage.backoff_s)
-    output = output or storage.join(clips_root, "captioned")
-    parts = input_parts(clips_root)
-    t0 = time.perf_counter()
-    name, model_path, placeholder = resolve_model(cfg, output, model)
-    model_s = time.perf_counter() - t0
-    cfg = cfg.model_copy(update={"caption": cfg.caption.model_copy(update={"model": name})})
-    if placeholder:
-        _placeholder_warning(name)
-    section = {k: v for k, v in cfg.caption.model_dump(mode="json").items() if k not in _RESOURCE_KEYS}
-    base = hashlib.sha1(json.dumps(section, sort_keys=True).encode()).hexdigest()
-    fingerprints = {p.pid: _fingerprint(base, ident) for p, ident in parts}
-    markers = _completed(output, parts, fingerprints)
-    pending = [p for p, _ in parts if p.pid not in markers]
-    storage.makedirs(output)
-    storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
-    log.info("caption: %d clip parts; %d complete, skipping them", len(parts), len(markers))
-
+def _caption_pending(cfg: ReelForgeConfig, pending: list[partitions.Partition], model_path: str,
+                     commit: Callable[[partitions.Partition, dict[int, dict]], None],
+                     progress: Callable | None, done_kept: int) -> None:
+    """Stream the kept clips of `pending` through prep and caption; commit each part when complete."""
     extra = [*template_fields(_stage_kwargs(cfg, model_path)["prompt"]), *cfg.caption.score_suffix]
-    processed = {"clips": 0, "output_tokens": 0}
-
-    def commit(p: partitions.Partition, results: dict[int, dict]) -> None:
-        tables, counts = partition_tables(storage.read_table(p.uris[0]), results, name)
-        markers[p.pid] = partitions.write_partition(output, p.pid, tables, fingerprints[p.pid], counts)
-        processed["clips"] += len(results)
-        processed["output_tokens"] += counts.get("output_tokens", 0)
-
-    done_kept = sum(m["counts"].get("kept", 0) for m in markers.values())
     rows, expected = [], {}
     for p in pending:
         part_rows = _work_rows(storage.read_table(p.uris[0]), p.pid, extra)
@@ -360,36 +359,79 @@ def run_caption(cfg: ReelForgeConfig, clips_root: str, output: str | None = None
             commit(p, {})  # nothing kept: the part passes through as it is
     if progress:
         progress("start", done_kept + len(rows), done_kept)
+    if not rows:
+        return
+    from pipelines.runner import init_ray
 
-    t1 = time.perf_counter()
-    if rows:
-        from pipelines.runner import init_ray
+    by_pid = {p.pid: p for p in pending}
+    started_ray = init_ray(cfg)
+    try:
+        buffers: dict[str, dict[int, dict]] = collections.defaultdict(dict)
+        for row in _dataset(cfg, rows, model_path).iter_rows():
+            pid = row["partition"]
+            buffers[pid][int(row["row"])] = dict(row)
+            if progress:
+                progress("clip", 1, 0)
+            if len(buffers[pid]) == expected[pid]:
+                commit(by_pid[pid], buffers.pop(pid))
+                del expected[pid]
+    finally:
+        if started_ray:
+            import ray
 
-        by_pid = {p.pid: p for p in pending}
-        started_ray = init_ray(cfg)
-        try:
-            buffers: dict[str, dict[int, dict]] = collections.defaultdict(dict)
-            for row in _dataset(cfg, rows, model_path).iter_rows():
-                pid = row["partition"]
-                buffers[pid][int(row["row"])] = dict(row)
-                if progress:
-                    progress("clip", 1, 0)
-                if len(buffers[pid]) == expected[pid]:
-                    commit(by_pid[pid], buffers.pop(pid))
-        finally:
-            if started_ray:
-                import ray
+            ray.shutdown()
+    if expected:
+        raise RuntimeError(f"caption: the dataset ended without every row of partitions {sorted(expected)}")
 
-                ray.shutdown()
-        missing = sorted(set(expected) - set(markers))
-        if missing:
-            raise RuntimeError(f"caption: the dataset ended without every row of partitions {missing}")
-    stream_s = time.perf_counter() - t1
+
+def run_caption(cfg: ReelForgeConfig, clips_root: str, output: str | None = None, model: str | None = None,
+                progress: Callable[[str, int, int], None] | None = None) -> dict:
+    """Caption every kept clip of the curate output at `clips_root` into `output`
+    (default `{clips_root}/captioned`); returns the manifest."""
+    started = time.time()
+    storage.configure(cfg.storage.s3_endpoint, cfg.storage.region, cfg.storage.retries, cfg.storage.backoff_s)
+    output = output or storage.join(clips_root, "captioned")
+    parts = input_parts(clips_root)
+    storage.makedirs(output)
+    t0 = time.perf_counter()
+    from captioning.sidecar import apply_existing_captions, no_model  # caption.source (existing captions)
+
+    model_free = cfg.caption.source in ("sidecar", "manifest")  # existing captions only: load no model
+    with (no_model(cfg, model) if model_free else resolve_model(cfg, output, model)) as (name, model_path, placeholder):
+        model_s = time.perf_counter() - t0
+        cfg = cfg.model_copy(update={"caption": cfg.caption.model_copy(update={"model": name})})
+        if placeholder:
+            _placeholder_warning(name)
+        section = {k: v for k, v in cfg.caption.model_dump(mode="json").items() if k not in _RESOURCE_KEYS}
+        base = hashlib.sha1(json.dumps(section, sort_keys=True).encode()).hexdigest()
+        fingerprints = {p.pid: _fingerprint(base, ident) for p, ident in parts}
+        markers = _completed(output, parts, fingerprints)
+        pending = [p for p, _ in parts if p.pid not in markers]
+        storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
+        log.info("caption: %d clip parts; %d complete, skipping them", len(parts), len(markers))
+        processed = {"clips": 0, "output_tokens": 0}
+
+        def commit(p: partitions.Partition, results: dict[int, dict]) -> None:
+            tables, counts = partition_tables(storage.read_table(p.uris[0]), results, name)
+            if cfg.caption.source != "model":
+                tables, counts = apply_existing_captions(tables, counts, cfg.caption.source, cfg.caption.manifest, name)
+            markers[p.pid] = partitions.write_partition(output, p.pid, tables, fingerprints[p.pid], counts)
+            processed["clips"] += len(results)
+            processed["output_tokens"] += counts.get("output_tokens", 0)
+
+        t1 = time.perf_counter()
+        done_kept = sum(m["counts"].get("kept", 0) for m in markers.values())
+        if model_free:
+            for p in pending:
+                commit(p, {})
+        else:
+            _caption_pending(cfg, pending, model_path, commit, progress, done_kept)
+        stream_s = time.perf_counter() - t1
     removed = partitions.remove_stale(output, TABLES, {p.pid for p, _ in parts})
     manifest = build_manifest(
-        cfg=cfg, clips_root=clips_root, output=output, started=started, markers=markers,
-        placeholder=placeholder, model_path=model_path, plan_size=len(parts), skipped=len(parts) - len(pending),
-        removed_stale=removed, processed=processed,
+        cfg=cfg, clips_root=clips_root, output=output, started=started, markers=markers, placeholder=placeholder,
+        model_path=storage.join(output, "_models", "tiny-captioner") if name == TINY else model_path,
+        plan_size=len(parts), skipped=len(parts) - len(pending), removed_stale=removed, processed=processed,
         stage_wall={"model": model_s, "prep+caption (streamed)": stream_s})
     write_manifest(output, manifest)
     return manifest
