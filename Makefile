@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: install demo test test-fast bench clean
+.PHONY: install demo test test-fast bench clean chromium
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }
@@ -27,7 +27,13 @@ install: $(STAMP)
 demo: install
 	$(VENV)/bin/reelforge demo --output demo-output
 
-test: install
+# Best effort: the report test renders the page in headless Chromium (it skips, with a reason, without it).
+chromium:
+	-@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 || \
+	  echo "chromium could not be installed: the report browser test will skip"
+
+test: install chromium
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m pytest tests
 
 test-fast: install

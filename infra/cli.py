@@ -64,16 +64,31 @@ def config_show(config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> 
 
 @app.command()
 def curate(
-    input: str = typer.Option(..., "--input", "-i", help="folder, glob, list file or s3:// prefix of videos"),
+    input: Optional[str] = typer.Option(None, "--input", "-i", help="folder, glob, list file or s3:// prefix of videos"),
     output: str = typer.Option(..., "--output", "-o", help="output root (local path or s3://bucket/prefix)"),
+    refilter: bool = typer.Option(False, "--refilter", help="re-apply curate.filters/dedup to OUTPUT's clips "
+                                  "table without decoding video (config: --config, else OUTPUT/config.yaml)"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,
 ) -> None:
-    """Ingest, probe and scene-split videos into videos/, clips/, failures/ tables and manifest.json."""
+    """Curate videos into videos/, clips/ (measures, keep, drop_reason), failures/, report/ and manifest.json."""
     from infra.summary import curate_progress, print_curate_summary
     from pipelines.ingest import IngestError
+    from pipelines.refilter import load_output_config, run_refilter
     from pipelines.runner import run_curate
 
+    if refilter:
+        try:
+            res = run_refilter(load_output_config(output, config, sets), output)
+        except FileNotFoundError as exc:
+            console.print(f"[bold red]curate --refilter:[/] {exc}")
+            raise typer.Exit(2) from None
+        out.print(f"refilter: {res['clips']} clips, {res['kept']} kept, dropped {res['dropped_by_reason']}; "
+                  f"{res['parts_rewritten']} part files rewritten in {res['wall_s']} s")
+        return
+    if not input:
+        console.print("[bold red]curate:[/] --input is required (or --refilter)")
+        raise typer.Exit(2)
     cfg = _load(config, sets)
     try:
         with curate_progress(console) as progress:
@@ -82,30 +97,106 @@ def curate(
         console.print(f"[bold red]curate:[/] {exc}")
         raise typer.Exit(2) from None
     print_curate_summary(out, manifest)
+    if cfg.curate.report:
+        out.print(f"report: {output.rstrip('/')}/report/index.html")
 
 
-@app.command(context_settings=_ANY_ARGS)
-def caption() -> None:
-    """Re-caption every kept clip with a video-to-text model."""
-    _not_built("caption", "issue 5: the captioning job")
+@app.command()
+def caption(
+    clips: str = typer.Option(..., "--clips", help="a curate output root (reads its clips/ table); local or s3://"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="output root (default: CLIPS/captioned)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="captioner: hub name or local dir (default: caption.model)"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Re-caption every kept clip with a video-to-text model into a new version of the clips table."""
+    from captioning.models import CaptionerNotAvailable
+    from captioning.runner import CaptionInputError, run_caption
+    from infra.summary import caption_progress, print_caption_summary
+
+    cfg = _load(config, sets)
+    try:
+        with caption_progress(console) as progress:
+            manifest = run_caption(cfg, clips, output, model=model, progress=progress)
+    except (CaptionInputError, CaptionerNotAvailable) as exc:
+        console.print(f"[bold red]caption:[/] {exc}")
+        raise typer.Exit(2) from None
+    print_caption_summary(out, manifest)
 
 
-@app.command(context_settings=_ANY_ARGS)
-def precompute() -> None:
+@app.command()
+def precompute(
+    clips: str = typer.Option(..., "--clips", help="root holding a captioned clips/ table (caption output)"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="latents root (default: CLIPS/../latents)"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
     """Encode clips to VAE latents and captions to text embeddings (Parquet shards)."""
-    _not_built("precompute", "issue 7")
+    from infra.summary import curate_progress, print_precompute_summary
+    from pipelines.runner_precompute import PrecomputeError, run_precompute
+
+    cfg = _load(config, sets)
+    output = output or clips.rstrip("/").rsplit("/", 1)[0] + "/latents"
+    try:
+        with curate_progress(console, "precompute") as progress:
+            manifest = run_precompute(cfg, clips, output, progress=progress)
+    except PrecomputeError as exc:
+        console.print(f"[bold red]precompute:[/] {exc}")
+        raise typer.Exit(2) from None
+    print_precompute_summary(out, manifest)
 
 
-@app.command("train-vae", context_settings=_ANY_ARGS)
-def train_vae() -> None:
-    """Train the video VAE on a clips table."""
-    _not_built("train-vae", "issue 8")
+@app.command("train-vae")
+def train_vae(
+    clips: str = typer.Option(..., "--clips", help="a curate output root (its clips/ table); local or s3://"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="where vae/ goes (default: CLIPS/vae-train)"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Train the video VAE on frames of the kept clips (settings: train.vae.*)."""
+    from training.vae_train import run_train_vae
+
+    cfg = _load(config, sets)
+    try:
+        summary = run_train_vae(cfg, clips, output)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]train-vae:[/] {exc}")
+        raise typer.Exit(2) from None
+    _print_run_summary("train-vae", summary, ["clips", "failed_clips", "steps", "final_loss", "psnr",
+                                              "samples_per_s", "scaling_factor", "seconds", "checkpoint"])
 
 
-@app.command(context_settings=_ANY_ARGS)
-def train() -> None:
-    """Train the video DiT from latent shards with Ray Train + DeepSpeed ZeRO."""
-    _not_built("train", "issue 8")
+def _print_run_summary(job: str, summary: dict, keys: list[str]) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{job} -> {summary['output']}", show_header=False, box=None)
+    t.add_column(no_wrap=True)
+    t.add_column(overflow="fold")  # paths are folded, never cut: users copy them
+    for key in keys:
+        value = summary.get(key)
+        t.add_row(key.replace("_", " "), f"{value:.4g}" if isinstance(value, float) else str(value))
+    out.print(t)
+
+
+@app.command()
+def train(
+    latents: str = typer.Option(..., "--latents", help="a precompute output root (its latents/ table); local or s3://"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="run directory, local or s3:// "
+                                         "(default: train.storage_path, else runs/train); a re-run resumes"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Train the video DiT from latent shards with Ray Train + DeepSpeed ZeRO (settings: train.*)."""
+    from training.train import run_train
+
+    cfg = _load(config, sets)
+    try:
+        summary = run_train(cfg, latents, output)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]train:[/] {exc}")
+        raise typer.Exit(2) from None
+    _print_run_summary("train", summary, ["step", "epoch", "loss", "samples_per_s", "tokens_per_s", "mfu",
+                                          "mem_gb", "resumed_from", "rows", "buckets", "wall_s", "checkpoint"])
 
 
 @app.command(context_settings=_ANY_ARGS)
@@ -138,15 +229,69 @@ def sample(
 
 
 @app.command(context_settings=_ANY_ARGS)
-def submit() -> None:
-    """Run any reelforge job on a remote Ray cluster (Ray Jobs API)."""
-    _not_built("submit", "issue 10")
+def submit(
+    ctx: typer.Context,
+    address: Optional[str] = typer.Option(None, "--address", help="Ray dashboard URL (default $RAY_JOBS_ADDRESS or http://127.0.0.1:8265)"),
+    wait: bool = typer.Option(False, "--wait", help="stream the job's logs and exit with its status"),
+    working_dir: str = typer.Option(".", "--working-dir", help="the project folder to upload (only this is sent)"),
+    python: str = typer.Option("python", "--python", help="python executable on the cluster"),
+) -> None:
+    """Run any reelforge job on a Ray cluster (Ray Jobs API): reelforge submit [--wait] -- curate ..."""
+    from infra import submit as sub
+
+    try:
+        job_id = sub.submit(list(ctx.args), address=address, working_dir=working_dir, python=python)
+    except (ValueError, ConfigError) as exc:
+        console.print(f"[bold red]submit:[/] {exc}")
+        raise typer.Exit(2) from None
+    out.print(job_id)
+    if wait:
+        status = sub.wait(job_id, address, on_logs=lambda text: out.print(text, end="", markup=False, highlight=False))
+        console.print(f"job {job_id}: {status}")
+        raise typer.Exit(0 if status == "SUCCEEDED" else 1)
 
 
-@app.command(context_settings=_ANY_ARGS)
-def report() -> None:
-    """Write the data-quality HTML report of a curate output."""
-    _not_built("report", "issue 4")
+jobs_app = typer.Typer(no_args_is_help=True, help="List, follow and stop submitted jobs.")
+app.add_typer(jobs_app, name="jobs")
+AddressOpt = typer.Option(None, "--address", help="Ray dashboard URL")
+
+
+@jobs_app.command("list")
+def jobs_list(address: Optional[str] = AddressOpt) -> None:
+    """List the cluster's jobs."""
+    from infra import submit as sub
+
+    for j in sub.list_jobs(address):
+        out.print(f"{j['id']}  {j['status']:<10} {j['entrypoint']}", markup=False, highlight=False)
+
+
+@jobs_app.command("logs")
+def jobs_logs(job_id: str, address: Optional[str] = AddressOpt) -> None:
+    """Print a job's logs."""
+    from infra import submit as sub
+
+    out.print(sub.logs(job_id, address), end="", markup=False, highlight=False)
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: str, address: Optional[str] = AddressOpt) -> None:
+    """Stop a running job."""
+    from infra import submit as sub
+
+    out.print("stopped" if sub.stop(job_id, address) else "not running")
+
+
+@app.command()
+def report(
+    output: str = typer.Argument(..., help="a curate output root (local path or s3://bucket/prefix)"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Write the data-quality HTML report of a curate output into OUTPUT/report/."""
+    from pipelines.refilter import load_output_config
+    from pipelines.report import write_report
+
+    out.print(f"report: {write_report(output, load_output_config(output, config, sets))}")
 
 
 @app.command()
@@ -165,6 +310,71 @@ def demo(
     print_curate_summary(out, manifest)
     out.print(f"sample videos: {videos_dir}\ntables: {output}/curate/{{videos,clips,failures}}/  manifest: {output}/curate/manifest.json")
 
+
+
+@app.command("demo-data")
+def demo_data(
+    output: str = typer.Option(..., "--output", "-o", help="folder for the synthetic world (train/, eval/, world.json)"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Write the synthetic world: moving coloured shapes with per-scene ground-truth captions in sidecars."""
+    from infra.world import write_world
+
+    cfg = _load(config, sets)
+    index = write_world(cfg.world, output)
+    counts = index["counts"]
+    out.print(f"world -> {output}: train {counts['train']['videos']} videos / {counts['train']['scenes']} scenes, "
+              f"eval {counts['eval']['videos']} videos / {counts['eval']['scenes']} scenes"
+              + (f"; held out of train: {', '.join(index['holdout'])}" if index["holdout"] else ""))
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="DiT checkpoint dir: sample held-out prompts and score them"),
+    vae: Optional[str] = typer.Option(None, "--vae", help="VAE dir (save_pretrained): reconstruction PSNR/SSIM on --clips"),
+    clips: Optional[str] = typer.Option(None, "--clips", help="a world dir (its eval split) or a curate output root"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="folder for eval.json and the sampled mp4s"),
+    max_clips: int = typer.Option(16, "--max-clips", help="clips for the VAE metrics"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Score a DiT on held-out world prompts (colour, direction, shape accuracy) and/or a VAE's PSNR/SSIM; prints JSON."""
+    import json
+
+    from training.evaluate import run_eval
+
+    cfg = _load(config, sets)
+    try:
+        report = run_eval(cfg, checkpoint=checkpoint, vae=vae, clips=clips, output=output, max_clips=max_clips)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]eval:[/] {exc}")
+        raise typer.Exit(2) from None
+    if "sample" in report:
+        report["sample"].pop("per_prompt", None)  # the full list is in eval.json
+    out.print(json.dumps(report, indent=1), markup=False, highlight=False)
+
+
+@app.command("train-captioner")
+def train_captioner(
+    clips: str = typer.Option(..., "--clips", help="a world dir (demo-data) or a curate/caption output root with captions"),
+    output: str = typer.Option(..., "--output", "-o", help="local dir for the trained model (use with caption --model)"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Train a small GIT captioner on clips with existing captions (Ray Train, DDP); scores a world's eval clips."""
+    import json
+
+    from captioning.runner_train import run_train_captioner
+
+    cfg = _load(config, sets)
+    try:
+        summary = run_train_captioner(cfg, clips, output)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[bold red]train-captioner:[/] {exc}")
+        raise typer.Exit(2) from None
+    out.print(json.dumps({k: v for k, v in summary.items() if k != "examples"}, indent=1), markup=False, highlight=False)
+    out.print(f"model: {output}  (reelforge caption --clips ROOT --model {output})")
 
 def main() -> None:
     try:

@@ -38,6 +38,10 @@ def print_curate_summary(out: Console, manifest: dict) -> None:
     for reason, n in sorted(c["failed_by_type"].items()):
         t.add_row(f"  {reason}", str(n))
     t.add_row("clips", str(c["clips"]))
+    if "kept" in c:
+        t.add_row("kept", str(c["kept"]))
+        for reason, n in c["dropped_by_reason"].items():
+            t.add_row(f"  dropped: {reason}", str(n))
     t.add_row("hours of video", f"{c['video_hours']:.4f}")
     t.add_row("hours in clips", f"{c['clip_hours']:.4f}")
     r = manifest["resume"]

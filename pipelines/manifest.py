@@ -56,8 +56,11 @@ def sum_counts(markers: dict[str, dict]) -> dict:
 
 def build_manifest(*, job: str, cfg: ReelForgeConfig, source: str, output: str, started: float,
                    markers: dict[str, dict], plan_size: int, skipped: int, removed_stale: int,
-                   stage_wall: dict[str, float]) -> dict:
+                   stage_wall: dict[str, float], decisions: dict | None = None,
+                   materialized: dict | None = None) -> dict:
     counts = sum_counts(markers)
+    decisions = decisions or {}
+    measure_failed = {k: v for k, v in counts["failed_by_stage"].items() if k.startswith("measure:")}
     finished = time.time()
     wall = finished - started
     return {
@@ -74,6 +77,8 @@ def build_manifest(*, job: str, cfg: ReelForgeConfig, source: str, output: str, 
             "failed_by_stage": counts["failed_by_stage"],
             "failed_by_type": counts["failed_by_type"],
             "clips": int(counts.get("clips", 0)),
+            "kept": int(decisions.get("kept", 0)),
+            "dropped_by_reason": decisions.get("dropped_by_reason", {}),
             "video_hours": round(counts.get("video_s", 0.0) / 3600, 6),
             "clip_hours": round(counts.get("clip_s", 0.0) / 3600, 6),
         },
@@ -86,11 +91,20 @@ def build_manifest(*, job: str, cfg: ReelForgeConfig, source: str, output: str, 
                       "failed": int(counts["failed_by_stage"].get("split", 0)),
                       "clips": int(counts.get("clips", 0)),
                       "task_s": round(counts.get("split_task_s", 0.0), 3)},
+            "measures": {"failed": sum(measure_failed.values()), "failed_by_stage": measure_failed,
+                         "task_s": {k[: -len("_task_s")]: round(counts.get(k, 0.0), 3)
+                                    for k in ("frames_task_s", "cheap_task_s", "ocr_task_s", "clip_task_s")
+                                    if k in counts}},
+            "filters": {"in": int(decisions.get("clips", 0)), "kept": int(decisions.get("kept", 0)),
+                        "dropped_by_reason": decisions.get("dropped_by_reason", {}),
+                        "dedup_method": decisions.get("dedup_method")},
+            **({"materialize": materialized} if materialized is not None else {}),
         },
         "stage_wall_s": {k: round(v, 3) for k, v in stage_wall.items()},
         "throughput": {
             "videos_per_s": round(counts.get("inputs", 0) / wall, 3) if wall else None,
             "video_s_per_wall_s": round(counts.get("video_s", 0.0) / wall, 3) if wall else None,
+            "clips_per_s": round(counts.get("clips", 0) / wall, 3) if wall else None,
         },
         "resume": {"partitions": plan_size, "skipped_complete": skipped, "processed": plan_size - skipped,
                    "stale_parts_removed": removed_stale},

@@ -42,7 +42,27 @@ CLIP_CORE_FIELDS = [
     ("height", pa.int32()),
     ("split_method", pa.string()),
 ]
-CLIPS_SCHEMA = pa.schema(CLIP_CORE_FIELDS)
+# Measures: filled by the measure stages (pipelines/measures/), null when a measure is off.
+CLIP_MEASURE_FIELDS = [
+    ("motion", pa.float64()),  # mean optical-flow magnitude, px/frame at curate.measures.short_side
+    ("static", pa.bool_()),  # motion below curate.measures.static_motion
+    ("sharpness", pa.float64()),  # variance of the Laplacian at the measure size
+    ("brightness", pa.float64()),  # mean luma, 0..255
+    ("black_ratio", pa.float64()),  # share of sampled frames that are black
+    ("washed_ratio", pa.float64()),  # share of sampled frames that are washed out
+    ("text_ratio", pa.float64()),  # share of the frame covered by detected text (mean over frames)
+    ("aesthetic", pa.float64()),  # open_clip + linear/MLP head score, when weights are given
+    ("embedding", pa.list_(pa.float16())),  # L2-normalised open_clip image embedding, for dedup
+    ("phash", pa.string()),  # 64-bit perceptual hash of the sampled frames, 16 hex digits
+]
+# Decisions: rewritten at the end of every curate job and by `curate --refilter`.
+CLIP_DECISION_FIELDS = [
+    ("dup_of", pa.string()),  # clip_id of the kept clip this one duplicates
+    ("keep", pa.bool_()),
+    ("drop_reason", pa.string()),  # the first failing filter's key, or "duplicate"
+    ("clip_uri", pa.string()),  # the materialized mp4, when curate.materialize.enabled
+]
+CLIPS_SCHEMA = pa.schema(CLIP_CORE_FIELDS + CLIP_MEASURE_FIELDS + CLIP_DECISION_FIELDS)
 
 # ----------------------------------------------------------------------------- failures
 FAILURES_SCHEMA = pa.schema(
@@ -75,3 +95,25 @@ def table_from_rows(rows: list[dict], schema: pa.Schema) -> pa.Table:
             raise KeyError(f"columns not in schema: {sorted(extra)}")
     cols = {f.name: pa.array([r.get(f.name) for r in rows], type=f.type) for f in schema}
     return pa.table(cols, schema=schema)
+
+
+# ----------------------------------------------------------------------------- latents
+LATENTS_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("caption", pa.string()),
+        ("latent", pa.binary()),  # raw little-endian tensor bytes, see training/data.py
+        ("latent_shape", pa.list_(pa.int32())),  # (C, T, H, W)
+        ("latent_dtype", pa.string()),  # "bfloat16" | "float16" | "float32"
+        ("text_emb", pa.binary()),
+        ("text_emb_shape", pa.list_(pa.int32())),  # (L, D): only the real tokens, L == text_len
+        ("text_len", pa.int32()),
+        ("vae", pa.string()),  # the VAE spec that encoded it (decode with the same)
+        ("text_encoder", pa.string()),
+        ("bucket", pa.string()),  # latent "TxHxW", e.g. "5x8x8"
+        ("fps", pa.float64()),  # of the pixels that were encoded (after frame stride)
+        ("height", pa.int32()),
+        ("width", pa.int32()),
+        ("num_frames", pa.int32()),
+    ]
+)

@@ -9,6 +9,9 @@ PLAIN_MODULES = [
     "pipelines", "captioning", "training", "infra",
     "pipelines.schema", "pipelines.ingest", "pipelines.partitions", "pipelines.manifest", "pipelines.probe",
     "pipelines.split", "infra.config", "infra.storage", "infra.videogen",
+    "pipelines.measures", "pipelines.measures.frames", "pipelines.measures.motion", "pipelines.measures.quality",
+    "pipelines.measures.ocr", "pipelines.measures.embed", "pipelines.measures.aesthetic", "pipelines.filters",
+    "pipelines.dedup", "pipelines.refilter", "pipelines.materialize", "pipelines.report",
 ]
 
 
