@@ -82,8 +82,25 @@ def _deadline(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
+def _maybe_die(kind: str) -> None:
+    """Fault injection for the reliability suite: REELFORGE_FAULT_KILL_ONCE=<stage>:<marker path> makes the
+    first task of that stage kill its own worker process (as an OOM kill would); Ray must retry it."""
+    spec = os.environ.get("REELFORGE_FAULT_KILL_ONCE", "")
+    if not spec.startswith(kind + ":"):
+        return
+    marker = spec.split(":", 1)[1]
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    os._exit(137)
+
+
 def run_stage_batch(batch: dict[str, np.ndarray], kind: str, kwargs_json: str, timeout_s: float) -> dict:
     """Run one stage row by row under the per-video deadline; a row that times out becomes a failure."""
+    _maybe_die(kind)
     stage = _stage(kind, kwargs_json)
     n = len(batch["uri"])
     out_rows: list[dict] = []
