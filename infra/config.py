@@ -173,6 +173,7 @@ class CaptionTrainConfig(_Section):
     weight_decay: float = Field(0.01, ge=0)
     max_clips: int | None = Field(None, ge=1, description="train on at most this many captioned clips")
     flips: bool = True  # add mirrored copies of each clip, swapping left/right and up/down in its caption
+    init_std: float = Field(0.02, gt=0, description="GitConfig.initializer_range (BERT: 0.02)")
     frame_embedding_std: float = Field(1.0, ge=0, description="init of GIT's per-frame embeddings (GIT: 0)")
     position_embedding_std: float = Field(0.3, ge=0, description="init of the ViT position embeddings (CLIP: 0.02)")
     num_workers: int = Field(2, ge=0, description="Ray Train workers (DDP, gloo on CPU); 0 = in this process")
@@ -245,6 +246,8 @@ class PrecomputeConfig(_Section):
     aspect_ratios: list[str] = ["1:1", "4:3", "16:9"]
     keep_prob: dict[str, float] = {}
     frame_stride: int = Field(1, ge=1, description="take every k-th source frame (lower fps, longer span)")
+    batch_invariant: bool = Field(True, description="encode clip by clip so outputs never depend on batching "
+                                  "(bit-equal resume); false batches the VAE for throughput")
     seed: int = 0  # for the per-bucket keep draws
     shard_rows: int = Field(256, ge=1)
     shard_bytes: int = Field(256 * 2**20, ge=1)

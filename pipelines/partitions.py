@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
+import signal
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -76,7 +78,23 @@ def write_partition(root: str, pid: str, tables: dict[str, pa.Table], fingerprin
     marker = {"pid": pid, "fingerprint": fingerprint, "counts": counts,
               "rows": {name: t.num_rows for name, t in tables.items()}}
     storage.write_text(marker_uri(root, pid), json.dumps(marker, sort_keys=True))
+    _maybe_crash()
     return marker
+
+
+_commits = 0
+
+
+def _maybe_crash() -> None:
+    """Fault injection for the reliability suite: REELFORGE_FAULT_CRASH_AFTER_COMMITS=N SIGKILLs this
+    process group right after the N-th partition commit, exactly as a killed driver would die."""
+    global _commits
+    limit = os.environ.get("REELFORGE_FAULT_CRASH_AFTER_COMMITS")
+    if not limit:
+        return
+    _commits += 1
+    if _commits >= int(limit):
+        os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 def remove_stale(root: str, tables: list[str], keep: set[str]) -> int:

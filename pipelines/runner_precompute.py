@@ -110,7 +110,7 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict]):
     ds = ds.map_batches(precompute.EncodeStage, batch_size=p.batch_size, concurrency=p.concurrency,
                         num_gpus=p.num_gpus, num_cpus=p.encode_cpus, zero_copy_batch=False,
                         fn_constructor_kwargs=dict(vae=p.vae, text_encoder=p.text_encoder,
-                                                   latent_dtype=p.latent_dtype,
+                                                   latent_dtype=p.latent_dtype, batch_invariant=p.batch_invariant,
                                                    device="cuda" if p.num_gpus > 0 else "cpu"))
     return ds
 
