@@ -17,7 +17,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 config_app = typer.Typer(no_args_is_help=True, help="Inspect the resolved config.")
 app.add_typer(config_app, name="config")
 console = Console(stderr=True)
-out = Console()
+out = Console(soft_wrap=True)  # never break paths and ids across lines
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (see configs/)")
 # Jobs not built yet accept any flags so users get the honest "not built" message, not a usage error.

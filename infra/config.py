@@ -174,6 +174,7 @@ class CaptionTrainConfig(_Section):
     max_clips: int | None = Field(None, ge=1, description="train on at most this many captioned clips")
     flips: bool = True  # add mirrored copies of each clip, swapping left/right and up/down in its caption
     init_std: float = Field(0.02, gt=0, description="GitConfig.initializer_range (BERT: 0.02)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="text decoder dropout (GIT: 0.1)")
     frame_embedding_std: float = Field(1.0, ge=0, description="init of GIT's per-frame embeddings (GIT: 0)")
     position_embedding_std: float = Field(0.3, ge=0, description="init of the ViT position embeddings (CLIP: 0.02)")
     num_workers: int = Field(2, ge=0, description="Ray Train workers (DDP, gloo on CPU); 0 = in this process")

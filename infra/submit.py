@@ -71,7 +71,16 @@ def client(address: str | None):
 def submit(job_args: list[str], address: str | None = None, working_dir: str = ".", python: str = "python") -> str:
     """Submit a reelforge job; returns the Ray job (submission) id."""
     kwargs = build_submission(job_args, working_dir, python)
-    return client(address).submit_job(**kwargs, metadata={"reelforge_job": job_args[0]})
+    c = client(address)
+    deadline = time.time() + 120
+    while True:
+        try:
+            return c.submit_job(**kwargs, metadata={"reelforge_job": job_args[0]})
+        except RuntimeError as exc:
+            # A head that just started has its dashboard up before its job agent: wait for it.
+            if "No available agent" not in str(exc) or time.time() > deadline:
+                raise
+            time.sleep(2)
 
 
 def wait(job_id: str, address: str | None = None, on_logs: Callable[[str], None] | None = None,

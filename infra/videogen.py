@@ -24,13 +24,40 @@ PALETTE = [
     (120, 30, 30),  # dark red
 ]
 KINDS = ("moving", "static", "black", "fade_out", "fade_in", "noise", "blur", "text")
+SHAPES = ("square", "circle", "triangle")
 NUM_BITS = 12  # frame numbers 0..4095 (Gray-coded, so one block flips per frame)
 _DIRECTIONS = {"right": (1, 0), "left": (-1, 0), "down": (0, 1), "up": (0, -1)}
 
 
+def _check_shape(shape: str, direction: str) -> None:
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    if direction not in _DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}; expected {list(_DIRECTIONS)}")
+
+
+@dataclass
+class Sprite:
+    """A further moving shape painted over a scene; `start` is its top-left as fractions of W, H."""
+
+    color: tuple[int, int, int]
+    shape: str = "square"
+    direction: str = "right"
+    speed: float = 2.0
+    start: tuple[float, float] | None = None
+    size: float = 0.25
+
+    def __post_init__(self):
+        _check_shape(self.shape, self.direction)
+
+
 @dataclass
 class Scene:
-    """One shot of a generated video; `bg=None` picks a palette colour unlike its neighbours."""
+    """One shot of a generated video; `bg=None` picks a palette colour unlike its neighbours.
+
+    The shape (`size` of the short side) starts at `start` (fractions of W, H; default W/4, H/3)
+    and moves `speed` px per frame, wrapping around the frame; `textured=False` paints a plain bg.
+    """
 
     num_frames: int
     kind: str = "moving"
@@ -39,12 +66,16 @@ class Scene:
     text: str | None = None
     direction: str = "right"
     speed: float = 2.0
+    shape: str = "square"
+    size: float = 0.25
+    start: tuple[float, float] | None = None
+    textured: bool = True
+    sprites: tuple[Sprite, ...] = ()
 
     def __post_init__(self):
         if self.kind not in KINDS:
             raise ValueError(f"unknown scene kind {self.kind!r}; expected one of {KINDS}")
-        if self.direction not in _DIRECTIONS:
-            raise ValueError(f"unknown direction {self.direction!r}; expected {list(_DIRECTIONS)}")
+        _check_shape(self.shape, self.direction)
         if self.num_frames < 1:
             raise ValueError("a scene needs at least one frame")
 
@@ -100,13 +131,27 @@ def _texture(h: int, w: int, bg, rng: np.random.Generator) -> np.ndarray:
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
-def _shape_xy(scene: Scene, i: int, h: int, w: int) -> tuple[int, int]:
-    """Top-left of the moving square at frame `i` of the scene (wraps around the frame)."""
-    dx, dy = _DIRECTIONS[scene.direction]
-    step = 0.0 if scene.kind in ("static", "text") else scene.speed * i
-    x = (w // 4 + dx * step) % w
-    y = (h // 3 + dy * step) % h
+def _shape_xy(obj: Scene | Sprite, i: int, h: int, w: int, moving: bool = True) -> tuple[int, int]:
+    """Top-left of a scene's (or sprite's) shape at frame `i` of the scene (wraps around the frame)."""
+    dx, dy = _DIRECTIONS[obj.direction]
+    step = obj.speed * i if moving else 0.0
+    x0, y0 = (w // 4, h // 3) if obj.start is None else (obj.start[0] * w, obj.start[1] * h)
+    x = (x0 + dx * step) % w
+    y = (y0 + dy * step) % h
     return int(x), int(y)
+
+
+def draw_shape(img: np.ndarray, shape: str, x: int, y: int, side: int, color) -> None:
+    """Paint a filled square, circle or upward triangle with top-left (x, y) and size `side`."""
+    color = tuple(int(c) for c in color)
+    if shape == "square":
+        img[y : y + side, x : x + side] = color
+    elif shape == "circle":
+        r = side / 2
+        cv2.circle(img, (int(x + r), int(y + r)), max(1, int(r)), color, -1, cv2.LINE_8)
+    else:
+        pts = np.array([[x + side // 2, y], [x, y + side - 1], [x + side - 1, y + side - 1]], np.int32)
+        cv2.fillPoly(img, [pts], color, cv2.LINE_8)
 
 
 def _paint(scene: Scene, i: int, base: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -116,9 +161,11 @@ def _paint(scene: Scene, i: int, base: np.ndarray, rng: np.random.Generator) -> 
     if scene.kind == "noise":
         return rng.integers(0, 256, size=base.shape, dtype=np.uint8)
     img = base.copy()
-    side = max(1, min(h, w) // 4)
-    x, y = _shape_xy(scene, i, h, w)
-    img[y : y + side, x : x + side] = scene.color
+    moving = scene.kind not in ("static", "text")
+    for obj in (scene, *scene.sprites):
+        side = max(1, int(min(h, w) * obj.size))
+        x, y = _shape_xy(obj, i, h, w, moving)
+        draw_shape(img, obj.shape, x, y, side, obj.color)
     if scene.kind == "text" or scene.text:
         scale = max(0.3, w / 160)
         cv2.putText(img, scene.text or "REELFORGE", (max(1, w // 16), int(h * 0.7)),
@@ -203,7 +250,8 @@ def write_video(path, scenes: list[Scene], *, fps=24, width: int = 128, height: 
         total = sum(s.num_frames for s in scenes)
         write_audio = _add_audio(container, float(total / fps)) if audio else None
         for scene, bg in zip(scenes, bgs):
-            base = _texture(height, width, bg, rng)
+            base = (_texture(height, width, bg, rng) if scene.textured
+                    else np.full((height, width, 3), bg, np.uint8))
             ranges.append((n, n + scene.num_frames))
             for i in range(scene.num_frames):
                 idx = n + i

@@ -1,4 +1,5 @@
-"""Plain-torch VideoVAE training: L1 reconstruction + kl_weight * KL (no Ray here)."""
+"""Plain-torch VideoVAE training: L1 reconstruction + kl_weight * KL (no Ray here), and the
+`reelforge train-vae` job over frames of a curate output's kept clips."""
 
 from __future__ import annotations
 
@@ -82,3 +83,75 @@ def estimate_scaling_factor(vae, videos: Iterable[torch.Tensor], max_batches: in
         x = (x if x.ndim == 5 else x.unsqueeze(0)).to(device)
         means.append(vae.encode(x).mode().float().flatten())
     return 1.0 / torch.cat(means).std().clamp(min=1e-6).item()
+
+
+# ----------------------------------------------------------------------------- the train-vae job
+
+
+def clip_videos(clips_uri: str, vc) -> tuple[list[torch.Tensor], list[str]]:
+    """Pixels (3, T, H, W) in [-1, 1] of the kept clips of a curate output (or its clips/ folder),
+    T = vc.num_frames spread over each clip; returns (videos, errors of clips that did not decode)."""
+    from captioning.frames import sample_frames
+    from infra import storage
+
+    root = clips_uri.rstrip("/")
+    table = storage.read_table(root if root.endswith("clips") else storage.join(root, "clips"))
+    rows = sorted((r for r in table.to_pylist() if r.get("keep") is not False), key=lambda r: r["clip_id"])
+    videos, errors = [], []
+    for r in rows[: vc.max_clips]:
+        try:
+            frames = sample_frames(r["uri"], r["start_s"], r["end_s"], num_frames=vc.num_frames,
+                                   size=(vc.height, vc.width), crop=True, start_frame=r["start_frame"],
+                                   end_frame=r["end_frame"], source_fps=r["fps"])
+        except (ValueError, RuntimeError) as exc:
+            errors.append(f"{r['clip_id']}: {exc}")
+            continue
+        videos.append(torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1)  # (3, T, H, W)
+    return videos, errors
+
+
+def _random_batches(videos: list[torch.Tensor], batch_size: int, seed: int):
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        idx = torch.randint(len(videos), (min(batch_size, len(videos)),), generator=gen).tolist()
+        yield torch.stack([videos[i] for i in idx])  # (B, 3, T, H, W)
+
+
+def run_train_vae(cfg, clips_uri: str, output: str | None = None) -> dict:
+    """Train the video VAE on frames of the kept clips; save OUTPUT/vae/ (save_pretrained)."""
+    import dataclasses
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from infra import storage
+    from training.models.vae import VideoVAE, load_vae
+
+    vc = cfg.train.vae
+    output = (output or storage.join(clips_uri, "vae-train")).rstrip("/")
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if vc.device == "auto" else vc.device
+    vae = load_vae(vc.preset, device=device, seed=vc.seed)
+    if not isinstance(vae, VideoVAE):
+        raise ValueError(f"train.vae.preset={vc.preset!r} is not a trainable VideoVAE")
+    vae.latent_frames(vc.num_frames)  # a frame count the VAE cannot take fails before decoding
+    videos, errors = clip_videos(clips_uri, vc)
+    if not videos:
+        raise ValueError(f"no kept clip under {clips_uri} could be decoded ({len(errors)} failed)")
+    result = train_vae(vae, _random_batches(videos, vc.batch_size, vc.seed), vc.steps, lr=vc.lr,
+                       kl_weight=vc.kl_weight, grad_clip=vc.grad_clip, device=device, seed=vc.seed,
+                       log_every=vc.log_every)
+    scale = estimate_scaling_factor(vae, (v[None] for v in videos))
+    vae.config = dataclasses.replace(vae.config, scaling_factor=scale)
+    last = result["last"]
+    summary = {"output": output, "checkpoint": storage.join(output, "vae"), "clips": len(videos),
+               "failed_clips": len(errors), "errors": errors[:20], "steps": result["steps"],
+               "final_loss": last["loss"], "psnr": last["psnr"], "seconds": round(result["seconds"], 2),
+               "samples_per_s": result["steps"] * vc.batch_size / max(result["seconds"], 1e-9),
+               "scaling_factor": scale}
+    with tempfile.TemporaryDirectory() as tmp:
+        vae.save_pretrained(Path(tmp) / "vae")
+        for f in sorted((Path(tmp) / "vae").iterdir()):
+            storage.write_bytes(storage.join(output, "vae", f.name), f.read_bytes())
+    storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
+    storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2))
+    return summary

@@ -1,0 +1,179 @@
+"""`reelforge train-captioner`: the Ray Train launcher for captioning/train_captioner.py.
+
+Clips with existing captions come from a synthetic world directory (`world.json`: its train split,
+captions from the scene sidecars) or from a curate/caption output root (kept clips; the `caption`
+column when it is filled, else the clip's sidecar or caption.manifest). The driver decodes their
+frames once, as the caption job would; TorchTrainer runs `caption_train.num_workers` workers
+(DDP on gloo for CPU) that each step their share of every batch; rank 0's weights come back as a
+Ray Train checkpoint and are copied into OUTPUT with the processor, so `reelforge caption --model
+OUTPUT` loads them. On a world, the held-out eval clips are captioned and scored at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from captioning.prompts import DEFAULT_PROMPT, PROMPTS
+from infra import storage
+from infra.config import ReelForgeConfig
+
+log = logging.getLogger(__name__)
+
+
+def caption_prompt(cfg: ReelForgeConfig) -> str:
+    """The prompt the caption job feeds the model: the trained model learns to continue it."""
+    p = cfg.caption.prompt
+    return PROMPTS.get(p, p) if p else DEFAULT_PROMPT
+
+
+# ----------------------------------------------------------------------------- inputs
+def training_rows(cfg: ReelForgeConfig, clips_root: str) -> tuple[list[dict], list[dict]]:
+    """(train rows with a caption, eval rows with attributes) from a world dir or a clips table."""
+    if (Path(clips_root) / "world.json").exists():
+        from infra.world import world_clips
+
+        return world_clips(clips_root, "train"), world_clips(clips_root, "eval")
+    from captioning.sidecar import existing_caption
+
+    rows = [r for r in storage.read_table(storage.join(clips_root, "clips")).to_pylist() if r.get("keep") is not False]
+    out = []
+    for r in rows:
+        text = r.get("caption")
+        if not text:
+            text, _ = existing_caption(r, "sidecar", cfg.caption.manifest)
+        if text:
+            out.append({**r, "caption": text})
+    log.info("train-captioner: %d of %d kept clips have a caption", len(out), len(rows))
+    return out, []
+
+
+def prepare(cfg: ReelForgeConfig, rows: list[dict]) -> dict:
+    """uint8 frames (N, F, S, S, 3) and captions of the training clips (decoded once, here)."""
+    from captioning.train_captioner import clip_frames
+
+    c = cfg.caption_train
+    if c.max_clips:
+        rows = rows[: c.max_clips]
+    if not rows:
+        raise ValueError("train-captioner: no clip has a caption (sidecar, manifest or caption column)")
+    # The caption job's sampling (caption.num_frames at caption.frame_size); GIT picks its own from them.
+    frames = clip_frames(rows, cfg.caption.num_frames, cfg.caption.frame_size)
+    return {"frames": frames, "captions": [r["caption"] for r in rows]}
+
+
+# ----------------------------------------------------------------------------- the worker loop
+def train_loop_per_worker(config: dict) -> None:
+    """One worker: build the same model, wrap it in DDP, train on its share, rank 0 reports weights."""
+    import ray.train
+    import torch
+    import torch.distributed as dist
+
+    from captioning.train_captioner import CaptionLoss, build_dataset_from_frames, build_model, save_model, train
+
+    cfg = ReelForgeConfig.model_validate(config["config"])
+    c = cfg.caption_train
+    torch.set_num_threads(max(1, int(config["threads"])))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    data_in = ray.get(config["data"][0])  # [1] the decoded clips, shared through the object store
+    model, processor = build_model(c, c.init)
+    data = build_dataset_from_frames(data_in["frames"], data_in["captions"], c, processor, config["prompt"])
+    loss_module = CaptionLoss(model)
+    if world > 1 and dist.is_initialized():
+        # [2] DDP: every rank starts from rank 0's weights and averages gradients each step
+        loss_module = torch.nn.parallel.DistributedDataParallel(loss_module)
+    result = train(loss_module, data, c, rank, world, log=(lambda m: print(json.dumps(m), flush=True)) if rank == 0 else None)
+    if rank == 0:
+        with tempfile.TemporaryDirectory() as tmp:
+            save_model(model, processor, tmp, {"trained": True, "prompt": config["prompt"], **result})
+            # [3] report + checkpoint: Ray Train persists rank 0's directory into the run's storage
+            ray.train.report(result, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    else:
+        ray.train.report(result)
+
+
+# ----------------------------------------------------------------------------- the launcher
+def _fit(cfg: ReelForgeConfig, data: dict, prompt: str, output: str) -> tuple[dict, str]:
+    """Run the TorchTrainer; returns (rank 0's metrics, the checkpoint directory)."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from pipelines.runner import init_ray
+
+    c = cfg.caption_train
+    started = init_ray(cfg)
+    try:
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"config": cfg.to_dict(), "data": [ray.put(data)], "prompt": prompt, "threads": 1},
+            scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu,
+                                         resources_per_worker={"CPU": 1, **({"GPU": 1} if c.use_gpu else {})}),
+            torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
+            run_config=RunConfig(name="run", storage_path=os.path.abspath(os.path.join(output, "_ray_train"))))
+        result = trainer.fit()
+    finally:
+        if started:
+            ray.shutdown()
+    if result.checkpoint is None:
+        raise RuntimeError(f"train-captioner: the run reported no checkpoint ({result.error or 'no error given'})")
+    return dict(result.metrics or {}), result.checkpoint.path
+
+
+def _in_process(cfg: ReelForgeConfig, data: dict, prompt: str, output: str) -> dict:
+    """caption_train.num_workers = 0: the same training in this process, without Ray."""
+    from captioning.train_captioner import CaptionLoss, build_dataset_from_frames, build_model, save_model, train
+
+    c = cfg.caption_train
+    model, processor = build_model(c, c.init)
+    ds = build_dataset_from_frames(data["frames"], data["captions"], c, processor, prompt)
+    result = train(CaptionLoss(model), ds, c, log=lambda m: log.info("train-captioner %s", m))
+    save_model(model, processor, output, {"trained": True, "prompt": prompt, **result})
+    return result
+
+
+def score_model(cfg: ReelForgeConfig, model_dir: str, rows: list[dict], prompt: str) -> dict:
+    """Caption eval clips with the saved model and score the colour/direction/shape words."""
+    from captioning.train_captioner import caption_clips, clip_frames
+    from training.evaluate import score_captions
+
+    frames = clip_frames(rows, cfg.caption.num_frames, cfg.caption.frame_size)
+    texts = caption_clips(model_dir, frames, prompt, max_new_tokens=cfg.caption.max_new_tokens)
+    w = cfg.world
+    acc = score_captions(texts, [r["attributes"] for r in rows], w.shape_colors, w.directions, w.shapes)
+    return {"accuracy": acc, "examples": [{"caption": t, "truth": r["caption"]} for t, r in zip(texts[:8], rows)]}
+
+
+def run_train_captioner(cfg: ReelForgeConfig, clips_root: str, output: str) -> dict:
+    """Train a captioner on the captioned clips under `clips_root` into the local dir `output`."""
+    if storage.is_s3(output):
+        raise ValueError("train-captioner --output must be a local directory (the caption job loads it from disk)")
+    t0 = time.time()
+    prompt = caption_prompt(cfg)
+    rows, eval_rows = training_rows(cfg, clips_root)
+    data = prepare(cfg, rows)
+    prep_s = time.time() - t0
+    Path(output).mkdir(parents=True, exist_ok=True)
+    t1 = time.time()
+    if cfg.caption_train.num_workers == 0:
+        metrics = _in_process(cfg, data, prompt, output)
+    else:
+        metrics, ckpt = _fit(cfg, data, prompt, output)
+        for f in os.listdir(ckpt):
+            shutil.copy2(os.path.join(ckpt, f), os.path.join(output, f))
+    summary = {"output": output, "clips": len(data["captions"]), "prompt": prompt,
+               "steps": metrics.get("steps"), "loss": metrics.get("loss"), "train_s": metrics.get("train_s"),
+               "prep_s": round(prep_s, 1), "fit_s": round(time.time() - t1, 1)}
+    if eval_rows:
+        summary["eval"] = {"clips": len(eval_rows), **score_model(cfg, output, eval_rows, prompt)}
+    summary["wall_s"] = round(time.time() - t0, 1)
+    Path(output, "config.yaml").write_text(cfg.to_yaml())
+    Path(output, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+

@@ -1,0 +1,355 @@
+"""`reelforge train`: the VideoDiT on a latents table with Ray Train + DeepSpeed ZeRO.
+
+`train_loop_per_worker` runs on every Ray Train worker in DiT's order (setup, model + EMA,
+optimizer, data, loop, checkpoint); the Ray and DeepSpeed touch points are marked [1]-[3].
+`run_train` is the launcher: it plans which rows each worker reads, starts a TorchTrainer and
+returns a summary. Checkpoint layout: training/zero.py; metrics files: training/metrics.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from infra import storage
+from infra.config import ReelForgeConfig
+from training import zero
+from training.data import (INDEX_COLUMNS, BucketBatcher, DataPlan, RowCache, bucket_batch_size, bucket_tokens,
+                           collate, iter_shard_rows, latents_dir, plan_data)
+from training.metrics import Meter, MetricsLog, memory_gb, rates, read_metrics
+from training.models.dit import VDIT_PRESETS, build_dit, flops_per_token
+from training.step import EMA, batch_loss, ema_decay_at, lr_at, set_lr
+
+log = logging.getLogger(__name__)
+
+
+def _quiet() -> None:
+    # DeepSpeed on CPU triggers many torch.distributed FutureWarnings; they are not ours to fix.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"deepspeed")
+
+
+# ----------------------------------------------------------------------------- the data, per rank
+
+
+def rank_steps(read, plan: DataPlan, t, rank: int, start_step: int) -> Iterator[tuple[dict, float, int]]:
+    """(batch, weight, epoch) for each step from start_step on; `read()` gives one pass of rows.
+
+    Each epoch has plan.steps_per_epoch steps on every rank; a rank whose batches run out first
+    repeats its last batch at weight 0, so collectives line up and no row counts twice. A resumed
+    run skips the steps of the epoch it already did: same rows, same order, same batches.
+    """
+    batcher = BucketBatcher(plan.batch_sizes, t.shuffle_buffer, t.seed)
+    cache = RowCache(t.cache_mb)
+    spe, step = plan.steps_per_epoch, start_step
+    while True:
+        epoch, skip = divmod(step, spe)
+        batches = batcher.batches(cache.epoch(read), epoch, rank)
+        last = None
+        for i in range(spe):
+            rows = next(batches, None)
+            last = rows if rows is not None else last
+            if i >= skip:
+                yield collate(last), (1.0 if rows is not None else 0.0), epoch
+        if next(batches, None) is not None:
+            raise RuntimeError(f"rank {rank} has more batches than the plan's {spe} per epoch")
+        step = (epoch + 1) * spe
+
+
+def _trace(t, rank: int, step: int, epoch: int, batch: dict, weight: float, data_s: float) -> None:
+    if t.debug_dir:
+        line = {"step": step, "rank": rank, "epoch": epoch, "bucket": batch["bucket"],
+                "clip_ids": batch["clip_ids"], "weight": weight, "data_s": round(data_s, 4),
+                "time": round(time.time(), 3)}
+        with open(Path(t.debug_dir) / f"trace-rank{rank}.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+
+
+# ----------------------------------------------------------------------------- the worker
+
+
+def _setup(t) -> tuple[int, int, torch.device]:
+    """Environment, rank, world size and device of this worker."""
+    import ray.train
+
+    _quiet()
+    if not t.use_gpu:
+        os.environ["DS_ACCELERATOR"] = "cpu"  # before deepspeed is imported in this process
+        torch.set_num_threads(max(1, int(t.cpus_per_worker)))
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device() if t.use_gpu else torch.device("cpu")
+    if t.debug_dir:
+        Path(t.debug_dir).mkdir(parents=True, exist_ok=True)
+        (Path(t.debug_dir) / f"rank{rank}.pid").write_text(str(os.getpid()))
+    return rank, world, device
+
+
+def _resume(engine, ema: EMA, gen: torch.Generator, stage: int) -> dict:
+    """The train state of ray.train.get_checkpoint(), restored into engine/EMA/RNG; {} when none."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {}
+    with checkpoint.as_directory() as directory:
+        state = zero.load_checkpoint(directory, engine, ema, stage)
+    gen.set_state(state["generator"])
+    return state
+
+
+def _log_point(engine, meter: Meter, t, step: int, epoch: int, lr: float, device, world: int) -> dict:
+    """Metrics over all workers since the last log point (a collective)."""
+    totals = torch.tensor(meter.totals(), dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    grad_norm = engine.get_global_grad_norm()
+    out = {"step": step, "epoch": epoch, "lr": lr,
+           "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+           **rates(totals.tolist(), time.perf_counter() - meter.since, world, t.peak_tflops),
+           "mem_gb": memory_gb(device)}
+    meter.reset()
+    return out
+
+
+def _checkpoint(cfg: ReelForgeConfig, engine, ema: EMA, gen, metrics: dict, meta: dict, epoch: int,
+                logger: MetricsLog | None) -> dict:
+    """[3] report + checkpoint: every rank writes its part to a local dir that Ray uploads."""
+    import ray.train
+
+    t, step, rank = cfg.train, metrics["step"], dist.get_rank()
+    directory = tempfile.mkdtemp(prefix=f"rf-ckpt-{rank}-")
+    state = {"step": step, "epoch": epoch, "generator": gen.get_state()}
+    ckpt_meta = {**meta, "step": step, "world_size": dist.get_world_size(), "zero_stage": t.zero_stage,
+                 "model": t.model}
+    metrics.update(zero.save_checkpoint(directory, engine, ema, t.zero_stage, state, ckpt_meta, cfg.to_yaml()))
+    if rank == 0 and t.samples:
+        _sample(cfg, directory)
+    if logger:
+        logger.sync()
+    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                     checkpoint_dir_name=f"checkpoint_{step:08d}")
+    shutil.rmtree(directory, ignore_errors=True)
+    return metrics
+
+
+def _sample(cfg: ReelForgeConfig, directory: str) -> None:
+    """Sample the prompts from the checkpoint's EMA weights into CKPT/samples/ (rank 0)."""
+    from training.sample import sample_to_files
+
+    try:
+        with torch.random.fork_rng(devices=[]):  # building the sampling model draws from the global RNG
+            sample_to_files(cfg, directory, list(cfg.train.sample_prompts), Path(directory) / "samples")
+    except Exception as exc:  # noqa: BLE001 - a failed preview must not stop training
+        log.warning("sampling at %s failed: %s", directory, exc)
+
+
+def _step(engine, optimizer, ema: EMA, gen, t, step: int, batch: dict, weight: float, device, meter: Meter) -> float:
+    """One optimizer step of the engine on a bucket batch (and the EMA); returns the LR it used."""
+    lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.min_lr)
+    set_lr(optimizer, lr)  # the torch AdamW's param groups, which DeepSpeed's wrapper steps
+    loss = batch_loss(engine, batch, caption_dropout=t.caption_dropout, generator=gen, device=device)
+    engine.backward(loss * weight)
+    engine.step()  # clips gradients (gradient_clipping) and steps the optimizer
+    ema.update(zero.ema_sources(engine.module, t.zero_stage), ema_decay_at(step, t.ema_decay))
+    config = engine.module.config
+    n, length, b = bucket_tokens(batch["bucket"], config.patch), batch["text_tokens"].shape[1], len(batch["clip_ids"])
+    meter.add(loss.item(), weight, b, b * n, 3 * flops_per_token(config, n, length) * n * b)
+    return lr
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """One Ray Train worker: setup, model + EMA, optimizer, data, loop, checkpoint."""
+    import ray.train
+
+    cfg = ReelForgeConfig.model_validate(config["config"])
+    t, plan, meta = cfg.train, config["plan"], config["meta"]
+    # 1. setup
+    rank, world, device = _setup(t)
+    prec = zero.precision(t.use_gpu, t.precision)
+    # [1] dataset shard: this rank's rows (training.data.rank_shards)
+    shard = ray.train.get_dataset_shard("train")
+    # 2. model + EMA: the same seed on every rank gives the same initial weights
+    torch.manual_seed(t.seed)
+    model = build_dit(t.model, in_channels=meta["channels"], text_dim=meta["text_dim"])
+    model.gradient_checkpointing = t.gradient_checkpointing
+    # 3. optimizer: a torch AdamW handed to DeepSpeed
+    optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    # [2] deepspeed.initialize: ZeRO partitions optimizer state (1), gradients (2), parameters (3)
+    import deepspeed  # after _setup: DS_ACCELERATOR must be set before the import
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
+                                           config=zero.ds_config(t, world, prec))
+    ema = EMA(zero.ema_sources(engine.module, t.zero_stage))
+    gen = torch.Generator().manual_seed(t.seed * 7919 + rank)  # noise, t and caption dropout of this rank
+    state = _resume(engine, ema, gen, t.zero_stage)
+    start = state.get("step", 0)
+    # 4. data: batches of one bucket each, from the step the run stands at
+    steps = rank_steps(lambda: iter_shard_rows(shard), plan, t, rank, start)
+    # 5. loop
+    stop = min(t.steps, t.stop_at_step or t.steps)
+    logger = MetricsLog(config["run_dir"], resume_step=start) if rank == 0 else None
+    meter, began = Meter(), time.perf_counter()
+    engine.train()
+    for step in range(start, stop):
+        waited = time.perf_counter()
+        batch, weight, epoch = next(steps)
+        waited = time.perf_counter() - waited
+        lr = _step(engine, optimizer, ema, gen, t, step, batch, weight, device, meter)
+        _trace(t, rank, step, epoch, batch, weight, waited)
+        done = step + 1
+        # 6. checkpoint
+        if done % t.log_every and done % t.checkpoint_every and done != stop:
+            continue
+        metrics = {**_log_point(engine, meter, t, done, epoch, lr, device, world), "resumed_from": start}
+        if logger:
+            logger.write({**metrics, "wall_s": round(time.perf_counter() - began, 3)})
+        if done % t.checkpoint_every == 0 or done == stop:
+            metrics = _checkpoint(cfg, engine, ema, gen, metrics, meta, epoch, logger)
+        else:
+            ray.train.report(metrics)  # [3] report
+    if logger:
+        logger.close()
+    if start >= stop:  # nothing left to do (a re-run of a finished run): report where it stands
+        ray.train.report({"step": start, "resumed_from": start})
+
+
+# ----------------------------------------------------------------------------- the launcher
+
+
+def plan_run(cfg: ReelForgeConfig, latents_uri: str) -> tuple[DataPlan, dict]:
+    """The data plan and the facts the workers need (specs, channels, text width) from the index."""
+    t = cfg.train
+    index = storage.read_table(latents_dir(latents_uri), columns=INDEX_COLUMNS)
+    if index.num_rows == 0:
+        raise ValueError(f"the latents table under {latents_uri} is empty")
+    facts = {}
+    for key, values in (("vae", index["vae"].to_pylist()), ("text_encoder", index["text_encoder"].to_pylist()),
+                        ("channels", [s[0] for s in index["latent_shape"].to_pylist()]),
+                        ("text_dim", [s[1] for s in index["text_emb_shape"].to_pylist()])):
+        distinct = sorted(set(values), key=str)
+        if len(distinct) != 1:
+            raise ValueError(f"the latents table mixes {key} values {distinct[:5]}: train on one")
+        facts[key] = distinct[0]
+    patch = VDIT_PRESETS[t.model].patch if t.model in VDIT_PRESETS else (1, 2, 2)
+    size_for = partial(bucket_batch_size, batch_size=t.batch_size, batch_sizes=t.batch_sizes,
+                       token_budget=t.token_budget, patch=patch)
+    plan = plan_data(index["clip_id"].to_pylist(), index["bucket"].to_pylist(), t.num_workers, size_for)
+    unknown = sorted(set(t.batch_sizes) - set(plan.rows_per_bucket))
+    if unknown:
+        log.warning("train.batch_sizes names buckets not in the data: %s", unknown)
+    return plan, {**facts, "rows": plan.rows, "buckets": plan.rows_per_bucket}
+
+
+def _init_ray(cfg: ReelForgeConfig) -> bool:
+    """Start or join Ray as the config says; True when this call started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(address=cfg.ray.address or "local", num_cpus=None if cfg.ray.address else cfg.ray.num_cpus,
+             include_dashboard=cfg.ray.include_dashboard, object_store_memory=cfg.ray.object_store_memory,
+             runtime_env={"env_vars": storage.storage_env()}, log_to_driver=False)
+    return True
+
+
+def _check_cpus(cfg: ReelForgeConfig) -> None:
+    """Fail fast when the workers would take every CPU: Ray Data's read tasks need one to run."""
+    import ray
+
+    t = cfg.train
+    total, need = ray.cluster_resources().get("CPU", 0), t.num_workers * t.cpus_per_worker
+    if total - need < 1:
+        msg = (f"{t.num_workers} workers x {t.cpus_per_worker} CPU leave {total - need:g} of {total:g} CPUs "
+               "for reading latents (Ray Data needs 1): lower train.cpus_per_worker or add CPUs")
+        if cfg.ray.address:  # an autoscaling cluster may still grow
+            log.warning(msg)
+        else:
+            raise ValueError(msg)
+
+
+def _run_config(t, output: str):
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
+
+    kwargs = dict(failure_config=FailureConfig(max_failures=t.max_failures),
+                  checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints))
+    if storage.is_s3(output):
+        fs, path = storage.filesystem(output)
+        parent, name = posixpath.split(path)
+        if not parent:
+            raise ValueError(f"--output {output}: give s3://bucket/prefix, not a bare bucket")
+        return RunConfig(name=name, storage_path=parent, storage_filesystem=fs, **kwargs)
+    parent, name = os.path.split(os.path.abspath(output))
+    return RunConfig(name=name, storage_path=parent, **kwargs)
+
+
+def run_train(cfg: ReelForgeConfig, latents_uri: str, output: str | None = None) -> dict:
+    """Train the DiT on a latents table (local or s3://) into `output`; returns a summary dict."""
+    from ray.train import ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from training.data import rank_shards, ray_dataset
+
+    _quiet()
+    output = (output or cfg.train.storage_path or "runs/train").rstrip("/")
+    if not storage.is_s3(output):
+        output = os.path.abspath(output)  # workers run in their own working directories
+    if cfg.train.debug_dir:
+        cfg = cfg.model_copy(deep=True)
+        cfg.train.debug_dir = os.path.abspath(cfg.train.debug_dir)
+    t = cfg.train
+    plan, meta = plan_run(cfg, latents_uri)
+    started, t0 = _init_ray(cfg), time.time()
+    try:
+        _check_cpus(cfg)
+        resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            # the workers need the step counts, not every rank's clip ids (those go to rank_shards)
+            train_loop_config={"config": cfg.to_dict(), "plan": dataclasses.replace(plan, rank_ids=[]),
+                               "meta": meta, "run_dir": output},
+            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+            torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+            run_config=_run_config(t, output),
+            datasets={"train": ray_dataset(latents_uri)},
+            dataset_config=rank_shards(plan.rank_ids),
+        )
+        result = trainer.fit()
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    summary = _summary(result, plan, output, time.time() - t0)
+    storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
+    storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def _summary(result, plan: DataPlan, output: str, wall_s: float) -> dict:
+    """The run in a few numbers: where it ended, how fast, and the newest checkpoint."""
+    metrics = result.metrics or {}
+    if "loss" not in metrics:  # a re-run of a finished run trains nothing: its last logged row
+        rows = read_metrics(output)
+        metrics = {**(rows[-1] if rows else {}), **metrics}
+    checkpoint = None
+    if result.checkpoint is not None:
+        path = result.checkpoint.path
+        checkpoint = "s3://" + path.lstrip("/") if storage.is_s3(output) else path
+    keys = ("step", "epoch", "loss", "grad_norm", "lr", "samples_per_s", "tokens_per_s", "mfu", "mem_gb",
+            "resumed_from", "param_sha")
+    return {"output": output, **{k: metrics.get(k) for k in keys}, "checkpoint": checkpoint,
+            "rows": plan.rows, "buckets": plan.rows_per_bucket, "batch_sizes": plan.batch_sizes,
+            "steps_per_epoch": plan.steps_per_epoch, "wall_s": round(wall_s, 1)}
