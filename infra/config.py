@@ -289,7 +289,7 @@ class TrainConfig(_Section):
     betas: list[float] = [0.9, 0.999]  # AdamW (beta1, beta2)
     warmup_steps: int = Field(100, ge=0)
     steps: int = Field(1000, ge=1, description="total optimizer steps (the LR schedule's length)")
-    stop_at_step: int | None = Field(None, ge=1, description="end this run at this step (checkpointed); a re-run resumes")
+    stop_at_step: int | None = Field(None, ge=1, description="end this run here (checkpointed); a re-run resumes")
     grad_clip: float = Field(1.0, gt=0)
     ema_decay: float = Field(0.9999, ge=0, le=1, description="capped by (1+step)/(10+step) early on")
     caption_dropout: float = Field(0.1, ge=0, le=1)

@@ -22,7 +22,8 @@ DEFAULT_BUCKETS = {"3x8x8": 10, "2x8x12": 8, "1x12x8": 6}
 
 def _pattern(kind: int, channels: int, t: int, h: int, w: int) -> torch.Tensor:
     """A smooth (C, T, H, W) pattern per caption kind, roughly unit variance."""
-    ct, yy, xx = torch.meshgrid(torch.arange(t, dtype=torch.float32), torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    axes = torch.arange(t, dtype=torch.float32), torch.linspace(0, 1, h), torch.linspace(0, 1, w)
+    ct, yy, xx = torch.meshgrid(*axes, indexing="ij")
     chans = []
     for c in range(channels):
         phase = 0.7 * kind + 1.3 * c
