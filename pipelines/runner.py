@@ -161,9 +161,11 @@ def init_ray(cfg: ReelForgeConfig) -> bool:
         return False
     # A job submitted through Ray Jobs gets RAY_ADDRESS: join that cluster instead of starting one.
     address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
+    # Inside a submitted job the job's runtime_env already reaches the workers; a second one conflicts.
+    in_job = bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
     ray.init(address=address, num_cpus=cfg.ray.num_cpus if address == "local" else None,
              include_dashboard=cfg.ray.include_dashboard, object_store_memory=cfg.ray.object_store_memory,
-             runtime_env={"env_vars": storage.storage_env()}, log_to_driver=False)
+             runtime_env=None if in_job else {"env_vars": storage.storage_env()}, log_to_driver=False)
     return True
 
 

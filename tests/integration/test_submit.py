@@ -41,7 +41,10 @@ def ray_head(tmp_path_factory):
     proc = subprocess.Popen(
         [str(bin_dir / "ray"), "start", "--head", "--block", "--port", str(_free_port()),
          "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-         "--include-dashboard", "true", "--num-cpus", "2", "--disable-usage-stats"],
+         "--include-dashboard", "true", "--num-cpus", "2", "--disable-usage-stats",
+         # another Ray on this machine (the session's, CI's) holds the default agent ports
+         "--dashboard-agent-listen-port", str(_free_port()), "--dashboard-agent-grpc-port", str(_free_port()),
+         "--metrics-export-port", str(_free_port()), "--runtime-env-agent-port", str(_free_port())],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
@@ -92,7 +95,7 @@ def test_submit_curate_to_a_real_head(ray_head, tmp_path):
          "--working-dir", str(ROOT), "--", "curate", "--input", str(src), "--output", str(out),
          "--config", "configs/tiny.yaml"],
         capture_output=True, text=True, cwd=ROOT, timeout=400)
-    assert res.returncode == 0, (res.stdout[-3000:], res.stderr[-3000:])
+    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-2000:]
     job_id = res.stdout.strip().splitlines()[0]
     assert job_id.startswith("raysubmit_")
     assert "clips" in res.stdout  # the job's own summary, streamed back
