@@ -55,10 +55,12 @@ def captioner_curve(cfg, world_dir: Path, eval_every: int, threads: int) -> list
         paused[0] += time.perf_counter() - t
         train_min = (time.perf_counter() - t0 - paused[0]) / 60
         points.append({"bench": "learn", "model": "captioner", "step": step, "train_minutes": round(train_min, 2),
-                       "loss": m["loss"], **{k: acc[k] for k in ("color", "direction", "shape")}, "eval_clips": acc["n"]})
+                       "loss": m["loss"], **{k: acc[k] for k in ("color", "direction", "shape")},
+                       "eval_clips": acc["n"]})
         print(json.dumps(points[-1]), flush=True)
 
-    c = c.model_copy(update={"log_every": 1})
+    # One process steps the global batch that caption_train.num_workers DDP workers would share.
+    c = c.model_copy(update={"log_every": 1, "batch_size": c.batch_size * max(1, c.num_workers)})
     train(CaptionLoss(model), data, c, log=on_log)
     return points
 

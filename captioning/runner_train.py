@@ -41,10 +41,13 @@ def training_rows(cfg: ReelForgeConfig, clips_root: str) -> tuple[list[dict], li
         return world_clips(clips_root, "train"), world_clips(clips_root, "eval")
     from captioning.sidecar import existing_caption
 
-    rows = [r for r in storage.read_table(storage.join(clips_root, "clips")).to_pylist() if r.get("keep") is not False]
+    table = storage.read_table(storage.join(clips_root, "clips"))
+    rows = [r for r in table.to_pylist() if r.get("keep") is not False]
     out = []
     for r in rows:
         text = r.get("caption")
+        if text and r.get("caption_model") == "tiny-random" and r.get("caption_source") in (None, "tiny-random"):
+            text = None  # a placeholder caption from the tiny random model teaches nothing
         if not text:
             text, _ = existing_caption(r, "sidecar", cfg.caption.manifest)
         if text:
@@ -64,6 +67,10 @@ def prepare(cfg: ReelForgeConfig, rows: list[dict]) -> dict:
         raise ValueError("train-captioner: no clip has a caption (sidecar, manifest or caption column)")
     # The caption job's sampling (caption.num_frames at caption.frame_size); GIT picks its own from them.
     frames = clip_frames(rows, cfg.caption.num_frames, cfg.caption.frame_size)
+    examples = len(rows) * (4 if c.flips else 1)
+    if examples // max(1, c.num_workers) < c.batch_size:
+        raise ValueError(f"train-captioner: {len(rows)} captioned clips ({examples} with flips) cannot fill a batch of "
+                         f"{c.batch_size} on each of {max(1, c.num_workers)} workers")
     return {"frames": frames, "captions": [r["caption"] for r in rows]}
 
 
@@ -88,7 +95,8 @@ def train_loop_per_worker(config: dict) -> None:
     if world > 1 and dist.is_initialized():
         # [2] DDP: every rank starts from rank 0's weights and averages gradients each step
         loss_module = torch.nn.parallel.DistributedDataParallel(loss_module)
-    result = train(loss_module, data, c, rank, world, log=(lambda m: print(json.dumps(m), flush=True)) if rank == 0 else None)
+    log_fn = (lambda m: print(json.dumps(m), flush=True)) if rank == 0 else None
+    result = train(loss_module, data, c, rank, world, log=log_fn)
     if rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
             save_model(model, processor, tmp, {"trained": True, "prompt": config["prompt"], **result})

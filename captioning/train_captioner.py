@@ -59,7 +59,8 @@ def build_model(c, init: str | None = None):
         # when" that a direction needs is learned last. Start them as large as the patch features.
         for frame_embedding in model.git.img_temporal_embedding:
             frame_embedding.normal_(0.0, c.frame_embedding_std)
-        model.git.image_encoder.vision_model.embeddings.position_embedding.weight.normal_(0.0, c.position_embedding_std)
+        vision = model.git.image_encoder.vision_model
+        vision.embeddings.position_embedding.weight.normal_(0.0, c.position_embedding_std)
     model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id,
                                                pad_token_id=config.pad_token_id)
     return model, GitProcessor(image_processor=image_processor, tokenizer=tokenizer)
@@ -142,8 +143,8 @@ class CaptionLoss(torch.nn.Module):
         self.model = model
 
     def forward(self, input_ids, attention_mask, pixel_values, target) -> torch.Tensor:
-        hidden = self.model.git(input_ids=input_ids, attention_mask=attention_mask,
-                                pixel_values=pixel_values).last_hidden_state  # (B, I + L, D)
+        hidden = self.model.git(input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values,
+                                use_cache=False).last_hidden_state  # (B, I + L, D)
         text = hidden[:, -input_ids.shape[1]:]  # (B, L, D): the image tokens come first
         predict = target[:, 1:]  # position j predicts token j + 1
         logits = self.model.output(text[:, :-1][predict])  # (n, V): only where a caption token follows
@@ -183,6 +184,9 @@ def train_step(loss_module, optimizer, batch: dict, lr: float, grad_clip: float 
 def batches(data: dict, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
     """Endless shuffled batches of this rank's share (the same permutation on every rank, sliced)."""
     n = len(data["input_ids"])
+    if n // world_size < batch_size:  # no whole batch per rank: the loop below would never yield
+        raise ValueError(f"{n} training examples cannot fill a batch of {batch_size} on each of {world_size} "
+                         f"workers: lower caption_train.batch_size or add clips")
     gen = torch.Generator().manual_seed(seed)
     while True:
         order = torch.randperm(n, generator=gen)[rank::world_size]

@@ -314,7 +314,7 @@ def demo(
 
 @app.command("demo-data")
 def demo_data(
-    output: str = typer.Option(..., "--output", "-o", help="folder for the synthetic world (train/, eval/, world.json)"),
+    output: str = typer.Option(..., "--output", "-o", help="folder for the world (train/, eval/, world.json)"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,
 ) -> None:
@@ -331,15 +331,15 @@ def demo_data(
 
 @app.command("eval")
 def eval_cmd(
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="DiT checkpoint dir: sample held-out prompts and score them"),
-    vae: Optional[str] = typer.Option(None, "--vae", help="VAE dir (save_pretrained): reconstruction PSNR/SSIM on --clips"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="DiT checkpoint dir: sample held-out prompts"),
+    vae: Optional[str] = typer.Option(None, "--vae", help="VAE dir (save_pretrained): PSNR/SSIM on --clips"),
     clips: Optional[str] = typer.Option(None, "--clips", help="a world dir (its eval split) or a curate output root"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="folder for eval.json and the sampled mp4s"),
     max_clips: int = typer.Option(16, "--max-clips", help="clips for the VAE metrics"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,
 ) -> None:
-    """Score a DiT on held-out world prompts (colour, direction, shape accuracy) and/or a VAE's PSNR/SSIM; prints JSON."""
+    """Score a DiT on held-out world prompts (colour, direction, shape) and/or a VAE's PSNR/SSIM; prints JSON."""
     import json
 
     from training.evaluate import run_eval
@@ -357,12 +357,12 @@ def eval_cmd(
 
 @app.command("train-captioner")
 def train_captioner(
-    clips: str = typer.Option(..., "--clips", help="a world dir (demo-data) or a curate/caption output root with captions"),
-    output: str = typer.Option(..., "--output", "-o", help="local dir for the trained model (use with caption --model)"),
+    clips: str = typer.Option(..., "--clips", help="a world dir (demo-data) or a curate/caption output root"),
+    output: str = typer.Option(..., "--output", "-o", help="local dir for the model (then: caption --model)"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,
 ) -> None:
-    """Train a small GIT captioner on clips with existing captions (Ray Train, DDP); scores a world's eval clips."""
+    """Train a small GIT captioner on clips with existing captions (Ray Train, DDP); score a world's eval split."""
     import json
 
     from captioning.runner_train import run_train_captioner
@@ -373,7 +373,9 @@ def train_captioner(
     except (FileNotFoundError, ValueError) as exc:
         console.print(f"[bold red]train-captioner:[/] {exc}")
         raise typer.Exit(2) from None
-    out.print(json.dumps({k: v for k, v in summary.items() if k != "examples"}, indent=1), markup=False, highlight=False)
+    shown = {**summary, **({"eval": {k: v for k, v in summary["eval"].items() if k != "examples"}}
+                           if "eval" in summary else {})}  # examples are in OUTPUT/train_summary.json
+    out.print(json.dumps(shown, indent=1), markup=False, highlight=False)
     out.print(f"model: {output}  (reelforge caption --clips ROOT --model {output})")
 
 def main() -> None:

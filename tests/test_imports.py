@@ -12,6 +12,7 @@ PLAIN_MODULES = [
     "pipelines.measures", "pipelines.measures.frames", "pipelines.measures.motion", "pipelines.measures.quality",
     "pipelines.measures.ocr", "pipelines.measures.embed", "pipelines.measures.aesthetic", "pipelines.filters",
     "pipelines.dedup", "pipelines.refilter", "pipelines.materialize", "pipelines.report",
+    "infra.world", "captioning.sidecar", "captioning.train_captioner", "training.evaluate",
 ]
 
 

@@ -61,8 +61,9 @@ def test_eval_samples_a_checkpoint_scores_it_and_measures_a_vae(tmp_path):
 
 
 def test_cli_demo_data_and_eval_without_inputs(tmp_path):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "infra.cli", *a], capture_output=True, text=True,  # noqa: E731
-                                    cwd=ROOT)
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "infra.cli", *args], capture_output=True, text=True, cwd=ROOT)
+
     res = run("demo-data", "--output", str(tmp_path / "w"), *sum([["--set", s] for s in SETS], []))
     assert res.returncode == 0, res.stderr
     assert "train 1 videos / 2 scenes, eval 1 videos / 2 scenes; held out of train: red:left" in res.stdout
