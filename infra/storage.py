@@ -19,6 +19,7 @@ import logging
 import os
 import posixpath
 import random
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +42,24 @@ _TRANSIENT = (
 )
 # Words that mark an error as final: retrying cannot help.
 _FINAL = ("access denied", "access_denied", "invalidaccesskeyid", "signaturedoesnotmatch",
+          "invalid_access_key_id", "signature_does_not_match",
           "nosuchbucket", "no such bucket", "forbidden", "403")
+# S3 refusing the credentials or the access (botocore codes and pyarrow's AWS error names, lowercased),
+# with what a person should understand from it. First match wins.
+_DENIED = (
+    (("invalidaccesskeyid", "invalid_access_key_id", "invalidclienttokenid"),
+     "the access key id is not known to S3 (InvalidAccessKeyId)"),
+    (("signaturedoesnotmatch", "signature_does_not_match"),
+     "the secret access key does not match the access key id (SignatureDoesNotMatch)"),
+    (("expiredtoken", "expired_token", "invalidtoken", "invalid_token"),
+     "the session token is expired or invalid (ExpiredToken/InvalidToken)"),
+    (("accessdenied", "access_denied", "access denied"),
+     "access denied (AccessDenied): the credentials were rejected or may not use this bucket"),
+)
+
+
+class StorageAccessDenied(PermissionError):
+    """S3 rejected the credentials or refused access: final, never retried; the message says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -137,19 +155,47 @@ def is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
-    text = str(exc).lower()
+    # request ids are random letters and digits: they must not read as a 503 or a 403
+    text = re.sub(r"request id: [^)]*", "", str(exc).lower())
     if any(w in text for w in _FINAL):
         return False
     return isinstance(exc, OSError) and any(w in text for w in _TRANSIENT)
 
 
+def access_denied(exc: BaseException, what: str) -> StorageAccessDenied | None:
+    """A StorageAccessDenied saying what to fix when `exc` is S3 rejecting the credentials, else None."""
+    if isinstance(exc, StorageAccessDenied) or isinstance(exc, (FileNotFoundError, IsADirectoryError)):
+        return None
+    text = str(exc)
+    low = text.lower()
+    why = next((w for words, w in _DENIED if any(k in low for k in words)), None)
+    if why is None:
+        return None
+    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if secret:  # S3 never echoes it, but an error text must not be the one place it leaks
+        text = text.replace(secret, "***")
+    bucket = re.search(r"s3://([^/\s]+)", what)
+    where = f"bucket '{bucket.group(1)}'" if bucket else "this bucket"
+    endpoint = re.sub(r"//[^@/]*@", "//", _endpoint() or "AWS default")  # never a user:password@
+    return StorageAccessDenied(
+        f"{what}: S3 rejected the request: {why}. Not retried. Check AWS_ACCESS_KEY_ID and "
+        f"AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN), or AWS_PROFILE, in the environment of this "
+        f"command and of the Ray workers, and that those credentials may access {where} "
+        f"(endpoint: {endpoint}). [{text}]")
+
+
 def with_retries(fn: Callable[[], T], what: str, attempts: int | None = None) -> T:
-    """Call fn, retrying transient storage errors with jittered exponential backoff."""
+    """Call fn, retrying transient storage errors with jittered exponential backoff.
+
+    Rejected credentials and access denied are final: raised at once as StorageAccessDenied."""
     attempts = attempts or max(1, _retries())
     for attempt in range(1, attempts + 1):
         try:
             return fn()
         except Exception as exc:  # noqa: BLE001 - classified below
+            denied = access_denied(exc, what)
+            if denied is not None:
+                raise denied from None
             if attempt == attempts or not is_transient(exc):
                 raise
             delay = _settings.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random())
@@ -272,6 +318,6 @@ def read_table(uri: str, schema: pa.Schema | None = None, columns: list[str] | N
         if schema is None:
             raise FileNotFoundError(f"no Parquet files under {uri}")
         return schema.empty_table() if columns is None else schema.empty_table().select(columns)
-    tables = [with_retries(lambda f=f: pq.read_table(f, filesystem=fs, columns=columns), f"read {f}")
-              for f in files]
+    tables = [with_retries(lambda f=f: pq.read_table(f, filesystem=fs, columns=columns),
+                           f"read {'s3://' + f if is_s3(uri) else f}") for f in files]
     return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]

@@ -11,8 +11,11 @@ from rich.table import Table
 
 
 @contextlib.contextmanager
-def curate_progress(console: Console, job: str = "curate") -> Iterator:
-    """A progress callback `(event, n, done)` drawing one bar over the job's inputs."""
+def job_progress(console: Console, job: str, unit: str, items: str) -> Iterator:
+    """A progress callback `(event, n, done)` drawing one bar, labelled `job`, over the job's `items`.
+
+    `event == "start"`: n items in all, `done` already in complete partitions (said once, on resume);
+    any other event advances the bar by n."""
     bar = Progress(TextColumn(f"[bold]{job}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    console=console, transient=False, disable=not console.is_terminal)
     task = None
@@ -20,13 +23,18 @@ def curate_progress(console: Console, job: str = "curate") -> Iterator:
         def progress(event: str, n: int, done: int) -> None:
             nonlocal task
             if event == "start":
-                task = bar.add_task("videos", total=n, completed=done)
+                task = bar.add_task(unit, total=n, completed=done)
                 if done:
-                    console.print(f"resume: {done} of {n} inputs are in complete partitions, skipping them")
+                    console.print(f"resume: {done} of {n} {items} are in complete partitions, skipping them")
             elif task is not None:
                 bar.advance(task, n)
 
         yield progress
+
+
+def curate_progress(console: Console, job: str = "curate") -> contextlib.AbstractContextManager:
+    """A progress callback `(event, n, done)` drawing one bar over the job's inputs."""
+    return job_progress(console, job, unit="videos", items="inputs")
 
 
 def print_curate_summary(out: Console, manifest: dict) -> None:
@@ -53,23 +61,9 @@ def print_curate_summary(out: Console, manifest: dict) -> None:
     out.print(t)
 
 
-@contextlib.contextmanager
-def caption_progress(console: Console) -> Iterator:
+def caption_progress(console: Console) -> contextlib.AbstractContextManager:
     """A progress callback `(event, n, done)` drawing one bar over the job's kept clips."""
-    bar = Progress(TextColumn("[bold]caption[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=console, transient=False, disable=not console.is_terminal)
-    task = None
-    with bar:
-        def progress(event: str, n: int, done: int) -> None:
-            nonlocal task
-            if event == "start":
-                task = bar.add_task("clips", total=n, completed=done)
-                if done:
-                    console.print(f"resume: {done} of {n} kept clips are in complete partitions, skipping them")
-            elif task is not None:
-                bar.advance(task, n)
-
-        yield progress
+    return job_progress(console, "caption", unit="clips", items="kept clips")
 
 
 def print_caption_summary(out: Console, manifest: dict) -> None:

@@ -67,3 +67,33 @@ def test_transient_classification():
     assert storage.is_transient(ConnectionResetError("reset by peer"))
     assert not storage.is_transient(FileNotFoundError("nope"))
     assert not storage.is_transient(OSError("AWS Error ACCESS_DENIED: 403 Forbidden"))
+
+
+def test_rejected_credentials_map_to_an_actionable_final_error(monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "sekrit-value")
+    pyarrow_text = OSError("When listing objects under key 'p/' in bucket 'b': AWS Error INVALID_ACCESS_KEY_ID during "
+                           "ListObjectsV2 operation: The AWS Access Key Id you provided does not exist in our records. "
+                           "(Request ID: X503Y403sekrit-value)")
+    botocore_text = Exception("An error occurred (SignatureDoesNotMatch) when calling the PutObject operation: ...")
+    for exc, code in ((pyarrow_text, "InvalidAccessKeyId"), (botocore_text, "SignatureDoesNotMatch"),
+                      (OSError("AWS Error ACCESS_DENIED during HeadObject operation: No response body."),
+                       "AccessDenied")):
+        assert not storage.is_transient(exc)
+        denied = storage.access_denied(exc, "list s3://b/p")
+        assert isinstance(denied, storage.StorageAccessDenied) and isinstance(denied, PermissionError)
+        msg = str(denied)
+        assert code in msg and "s3://b/p" in msg and "bucket 'b'" in msg and "AWS_SECRET_ACCESS_KEY" in msg
+        assert "sekrit-value" not in msg
+    calls = {"n": 0}
+
+    def refused():
+        calls["n"] += 1
+        raise pyarrow_text
+
+    with pytest.raises(storage.StorageAccessDenied):
+        storage.with_retries(refused, "list s3://b/p", attempts=5)
+    assert calls["n"] == 1
+    assert storage.access_denied(FileNotFoundError("nope"), "read s3://b/x") is None
+    assert storage.access_denied(OSError("AWS Error SLOW_DOWN during PutObject: 503"), "write s3://b/x") is None
+    # a random request id holding "503" does not make a final error look transient
+    assert not storage.is_transient(OSError("AWS Error NO_SUCH_KEY during GetObject (Request ID: AB503CD)"))
