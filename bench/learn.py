@@ -1,11 +1,18 @@
 """Learning curves on the synthetic world: per-attribute accuracy against minutes of training.
 
-Captioner (now): train the small GIT of `caption_train` in this process on a world's train split
-and, every `--eval-every` steps, caption the held-out eval clips through the caption job's
-Captioner and score the colour / direction / shape words. One JSON line per evaluation, then a
-summary line. The DiT curve (sampled videos scored by training.evaluate.check_video) joins here
-once the trainer lands. Run:
+`--model captioner` (the default): train the small GIT of `caption_train` in this process on a
+world's train split and, every `--eval-every` steps, caption the held-out eval clips through the
+caption job's Captioner and score the colour / direction / shape words. Run:
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python bench/learn.py [--steps 1200] [--set world.videos=150]
+
+`--model dit`: the whole learning run of the DiT, each stage through its job's library function:
+demo-data -> curate -> caption (sidecars) -> train-vae -> precompute (that VAE, `precompute.text_encoder`)
+-> train (Ray Train + DeepSpeed) with a checkpoint every `--eval-every` steps -> `sample_and_score` of
+the untrained model and of every checkpoint on held-out prompts (accuracy against the minutes of the
+training loop). Stages whose output is already in `--work` are reused; a run there resumes. Run:
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python bench/learn.py --model dit \
+        --config configs/learn-shapes.yaml --work runs/learn-shapes [--eval-every 500]
+Both print one JSON line per evaluation, then a summary line.
 """
 
 from __future__ import annotations
@@ -65,15 +72,116 @@ def captioner_curve(cfg, world_dir: Path, eval_every: int, threads: int) -> list
     return points
 
 
+def prepare_dit(cfg, work: Path, log=print) -> tuple[object, dict]:
+    """World -> curate -> caption -> train-vae -> precompute under `work`; returns (cfg with the trained
+    VAE as precompute.vae, {stage: wall seconds}). A stage whose output exists is skipped (0 s)."""
+    from captioning.runner import run_caption
+    from pipelines.runner import run_curate
+    from pipelines.runner_precompute import run_precompute
+    from training.vae_train import run_train_vae
+
+    walls: dict[str, float] = {}
+
+    def stage(name: str, done: Path, fn) -> None:
+        t = time.perf_counter()
+        if not done.exists():
+            fn()
+        walls[name] = round(time.perf_counter() - t, 1)
+        log(json.dumps({"bench": "learn", "model": "dit", "stage": name, "wall_s": walls[name]}))
+
+    world, curated, captioned = work / "world", work / "curated", work / "captioned"
+    vae_dir, latents = work / "vae", work / "pre"  # not "latents": that names the table folder itself
+    stage("world", world / "world.json", lambda: write_world(cfg.world, world))
+    stage("curate", curated / "manifest.json", lambda: run_curate(cfg, str(world / "train"), str(curated)))
+    stage("caption", captioned / "manifest.json", lambda: run_caption(cfg, str(curated), str(captioned)))
+    stage("train-vae", vae_dir / "summary.json", lambda: run_train_vae(cfg, str(captioned), str(vae_dir)))
+    cfg = load_config_over(cfg, [f"precompute.vae={vae_dir / 'vae'}"])
+    stage("precompute", latents / "manifest.json", lambda: run_precompute(cfg, str(captioned), str(latents)))
+    return cfg, walls
+
+
+def load_config_over(cfg, sets: list[str]):
+    """A copy of cfg with `section.key=value` overrides, each validated on assignment as --set is."""
+    from infra.config import parse_override
+
+    cfg = cfg.model_copy(deep=True)
+    for text in sets:
+        parts, value = parse_override(text)
+        node = cfg
+        for part in parts[:-1]:
+            node = getattr(node, part)
+        setattr(node, parts[-1], value)
+    return cfg
+
+
+def dit_curve(cfg, work: Path, eval_every: int, log=print) -> tuple[list[dict], dict]:
+    """Prepare the data, train once with a checkpoint every `eval_every` steps, then score every
+    checkpoint (and the untrained model) with sample_and_score; returns (points, stage walls)."""
+    import ray
+
+    from training.evaluate import sample_and_score
+    from training.metrics import read_metrics
+    from training.train import run_train
+
+    ray.init(address="local", num_cpus=cfg.ray.num_cpus or 2, include_dashboard=False, log_to_driver=False)
+    try:
+        cfg, walls = prepare_dit(cfg, work, log)
+        run = work / "run"
+        cfg = load_config_over(cfg, [f"train.checkpoint_every={eval_every}",
+                                     f"train.keep_checkpoints={cfg.train.steps // eval_every + 1}"])
+        t = time.perf_counter()
+        summary = run_train(cfg, str(work / "pre"), str(run))  # resumes a run already in `run`
+        walls["train"] = round(time.perf_counter() - t, 1)
+        log(json.dumps({"bench": "learn", "model": "dit", "stage": "train", "wall_s": walls["train"],
+                        "steps": summary["step"], "loss": summary["loss"]}))
+    finally:
+        ray.shutdown()
+    # Minutes of training at each step: the loop's own clock (wall_s in metrics.csv, from the first
+    # step on; Ray Train and DeepSpeed start-up, ~20 s a run, are in stage_wall_s["train"] only).
+    clock = {int(r["step"]): (r["wall_s"], r["loss"]) for r in read_metrics(str(run))}
+    points = []
+    for ckpt in [_untrained_checkpoint(cfg, work)] + sorted(p for p in run.glob("checkpoint_0*") if p.is_dir()):
+        step = int(json.loads((ckpt / "meta.json").read_text())["step"])
+        wall_s, loss = clock.get(step, (0.0, None))
+        t = time.perf_counter()
+        acc = sample_and_score(cfg, str(ckpt), work / "samples" / f"step-{step:06d}")["accuracy"]
+        points.append({"bench": "learn", "model": "dit", "step": step, "train_minutes": round(wall_s / 60, 2),
+                       "loss": loss, **{k: acc[k] for k in ("color", "direction", "shape")}, "prompts": acc["n"],
+                       "eval_s": round(time.perf_counter() - t, 1)})
+        log(json.dumps(points[-1]))
+    return points, walls
+
+
+def _untrained_checkpoint(cfg, work: Path) -> Path:
+    """A checkpoint dir holding the step-0 weights (train.seed) and the latents' VAE / text encoder."""
+    from training.data import INDEX_COLUMNS, latents_dir
+    from infra import storage
+    from training.models.dit import build_dit
+
+    index = storage.read_table(latents_dir(str(work / "pre")), columns=INDEX_COLUMNS)
+    row = index.slice(0, 1).to_pylist()[0]
+    out = work / "run-step0"
+    torch.manual_seed(cfg.train.seed)
+    build_dit(cfg.train.model, in_channels=row["latent_shape"][0],
+              text_dim=row["text_emb_shape"][1]).save_pretrained(out / "dit")
+    (out / "meta.json").write_text(json.dumps({"vae": row["vae"], "text_encoder": row["text_encoder"], "step": 0}))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs" / "tiny.yaml"))
     ap.add_argument("--set", dest="sets", action="append", default=[], help="section.key=value")
-    ap.add_argument("--steps", type=int, default=None, help="caption_train.steps (default: the config's)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="caption_train.steps (train.steps with --model dit; default: the config's)")
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--world", default=None, help="an existing world dir (default: a fresh one in a temp dir)")
+    ap.add_argument("--model", choices=["captioner", "dit"], default="captioner")
+    ap.add_argument("--work", default=None, help="dit: folder for every stage's output (reused when present)")
     args = ap.parse_args()
+    if args.model == "dit":
+        return main_dit(args)
     sets = args.sets + ([f"caption_train.steps={args.steps}"] if args.steps else [])
     cfg = load_config(args.config, sets)
     with tempfile.TemporaryDirectory() as tmp:
@@ -87,6 +195,20 @@ def main() -> None:
                       "wall_minutes": round((time.perf_counter() - t) / 60, 2), "final": points[-1], "best": best,
                       "threads": args.threads, "cpu": platform.processor() or platform.machine(),
                       "torch": torch.__version__}))
+
+
+def main_dit(args) -> None:
+    sets = args.sets + ([f"train.steps={args.steps}"] if args.steps else [])
+    cfg = load_config(args.config, sets)
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp).resolve()
+        points, walls = dit_curve(cfg, work, args.eval_every)
+    best = max(points, key=lambda p: (min(p["color"], p["direction"]), p["step"]))
+    print(json.dumps({"bench": "learn", "summary": True, "model": "dit", "config": args.config,
+                      "steps": cfg.train.steps, "train_minutes": points[-1]["train_minutes"], "stage_wall_s": walls,
+                      "wall_minutes": round((time.perf_counter() - t) / 60, 2), "final": points[-1], "best": best,
+                      "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}))
 
 
 if __name__ == "__main__":

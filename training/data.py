@@ -63,7 +63,12 @@ INDEX_COLUMNS = ["clip_id", "bucket", "latent_shape", "text_emb_shape", "vae", "
 def latents_dir(uri: str) -> str:
     """The latents/ folder of a precompute output root (or the folder itself)."""
     root = uri.rstrip("/")
-    return root if root.endswith("latents") else storage.join(root, "latents")
+    table = storage.join(root, "latents")
+    # A precompute root is often itself named .../latents (precompute's default output): its table
+    # is the latents/ inside it, never the root with its failures/ beside the shards.
+    if not root.endswith("latents") or storage.exists(table):
+        return table
+    return root
 
 
 def latents_files(uri: str) -> list[str]:

@@ -47,8 +47,11 @@ def sample_video(
     sc = vae.spatial_compression
     if height % sc or width % sc:
         raise ValueError(f"height and width must be multiples of {sc}, got {height}x{width}")
-    tokens, mask, pooled = text_encoder.encode(list(prompts))
-    cond = {"text_tokens": tokens.to(device), "text_mask": mask.to(device), "text_pooled": pooled.to(device)}
+    tokens, mask, _ = text_encoder.encode(list(prompts))
+    # Training conditions on the caption tokens alone (the latents table stores no pooled vector), so
+    # pooled text is their masked mean there; the encoder's own pooled (L2-normalised for MiniLM, the
+    # EOT projection for open_clip) is a different vector the model never saw.
+    cond = {"text_tokens": tokens.to(device), "text_mask": mask.to(device)}
     shape = (len(prompts), dit.config.in_channels, vae.latent_frames(num_frames), height // sc, width // sc)
     generator = torch.Generator("cpu").manual_seed(seed)
     z = flow.sample(dit, shape, cond, None, steps=steps, cfg_scale=cfg_scale, generator=generator, shift=shift)

@@ -17,22 +17,23 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     return 10 * math.log10(4.0 / max(mse, 1e-12))
 
 
-def vae_loss(vae, x: torch.Tensor, kl_weight: float = 1e-6, generator=None) -> dict:
-    """L1 between x and its reconstruction from a posterior sample, plus kl_weight * KL.
+def vae_loss(vae, x: torch.Tensor, kl_weight: float = 1e-6, generator=None, recon_loss: str = "l1") -> dict:
+    """L1 (or MSE) between x and its reconstruction from a posterior sample, plus kl_weight * KL.
 
     KL is averaged over latent elements (DiagonalGaussian.kl), so kl_weight does not depend on
     the clip size.
     """
     recon, posterior = vae(x, sample_posterior=True, generator=generator)
-    rec = (recon.float() - x.float()).abs().mean()
+    diff = recon.float() - x.float()
+    rec = diff.pow(2).mean() if recon_loss == "mse" else diff.abs().mean()
     kl = posterior.kl().mean()
     return {"loss": rec + kl_weight * kl, "recon": rec, "kl": kl, "x_hat": recon}
 
 
-def train_step(vae, optimizer, x, *, kl_weight=1e-6, grad_clip=1.0, generator=None) -> dict:
+def train_step(vae, optimizer, x, *, kl_weight=1e-6, grad_clip=1.0, generator=None, recon_loss="l1") -> dict:
     """One optimizer step on the batch x (B, 3, T, H, W); returns float metrics."""
     vae.train()
-    out = vae_loss(vae, x, kl_weight, generator)
+    out = vae_loss(vae, x, kl_weight, generator, recon_loss)
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
     grad_norm = nn.utils.clip_grad_norm_(vae.parameters(), grad_clip if grad_clip else float("inf"))
@@ -45,7 +46,7 @@ def train_step(vae, optimizer, x, *, kl_weight=1e-6, grad_clip=1.0, generator=No
 
 def train_vae(
     vae, videos: Iterable[torch.Tensor], steps: int, *, lr=1e-3, kl_weight=1e-6, grad_clip=1.0,
-    device="cpu", seed=0, log_every=0, optimizer=None,
+    device="cpu", seed=0, log_every=0, optimizer=None, recon_loss="l1",
 ) -> dict:
     """Train on up to `steps` batches from `videos` (each (B, 3, T, H, W) or (3, T, H, W)).
 
@@ -59,7 +60,8 @@ def train_vae(
         if step >= steps:
             break
         x = (x if x.ndim == 5 else x.unsqueeze(0)).to(device)
-        metrics = train_step(vae, optimizer, x, kl_weight=kl_weight, grad_clip=grad_clip, generator=generator)
+        metrics = train_step(vae, optimizer, x, kl_weight=kl_weight, grad_clip=grad_clip, generator=generator,
+                             recon_loss=recon_loss)
         history.append(metrics)
         if log_every and step % log_every == 0:
             print({"step": step, **{k: round(v, 5) for k, v in metrics.items()}}, flush=True)
@@ -139,7 +141,7 @@ def run_train_vae(cfg, clips_uri: str, output: str | None = None) -> dict:
         raise ValueError(f"no kept clip under {clips_uri} could be decoded ({len(errors)} failed)")
     result = train_vae(vae, _random_batches(videos, vc.batch_size, vc.seed), vc.steps, lr=vc.lr,
                        kl_weight=vc.kl_weight, grad_clip=vc.grad_clip, device=device, seed=vc.seed,
-                       log_every=vc.log_every)
+                       log_every=vc.log_every, recon_loss=vc.recon_loss)
     scale = estimate_scaling_factor(vae, (v[None] for v in videos))
     vae.config = dataclasses.replace(vae.config, scaling_factor=scale)
     last = result["last"]

@@ -192,3 +192,17 @@ def test_plan_run_refuses_a_table_that_mixes_text_encoders(tmp_path):
     with pytest.raises(ValueError, match="mixes text_encoder"):
         plan_run(load_config(None, []), str(tmp_path))
 
+
+
+def test_a_precompute_root_named_latents_reads_only_its_table(tmp_path):
+    """precompute's default output is CLIPS/../latents: its table is latents/latents, never failures/."""
+    import pyarrow.parquet as pq
+
+    from training.data import latents_dir, latents_files
+
+    root = write_synthetic_latents(str(tmp_path / "latents"), {"2x4x6": 3})
+    (tmp_path / "latents" / "failures").mkdir()
+    pq.write_table(pa.table({"stage": ["precompute"]}), tmp_path / "latents" / "failures" / "part-0.parquet")
+    assert latents_dir(root) == str(tmp_path / "latents" / "latents")
+    assert latents_dir(str(tmp_path / "latents" / "latents")) == str(tmp_path / "latents" / "latents")
+    assert all("/failures/" not in f for f in latents_files(root)) and read_latents(root).num_rows == 3

@@ -63,7 +63,9 @@ class VideoVAEConfig:
 
 
 def _groups(channels: int) -> int:
-    return math.gcd(32, channels)
+    """SD's 32 groups on wide layers; narrow ones keep 4 channels a group. One channel a group is an
+    instance norm, which maps a flat frame (a plain background) to zeros whatever its colour."""
+    return math.gcd(32, channels) if channels >= 64 else max(1, channels // 4)
 
 
 class FrameGroupNorm(nn.GroupNorm):
@@ -323,6 +325,9 @@ class VideoVAE(nn.Module):
 
 VAE_PRESETS = {
     "tiny": VideoVAEConfig(latent_channels=4, base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1),
+    # 4x spatial: small frames (32 px -> 8 x 8 latents), e.g. the synthetic world (configs/learn-shapes.yaml)
+    "tiny-s4": VideoVAEConfig(latent_channels=4, base_channels=8, channel_mult=(1, 2, 2), num_res_blocks=1,
+                              spatial_compression=4),
     "base": VideoVAEConfig(latent_channels=16, base_channels=64, channel_mult=(1, 2, 4, 4), num_res_blocks=2),
 }
 
