@@ -24,8 +24,10 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# The whole flow offline (configs/demo.yaml): world -> curate -> caption -> precompute -> train -> sample.
+# A re-run into demo-output resumes (finished stages are reused); rm -rf demo-output starts clean.
 demo: install
-	$(VENV)/bin/reelforge demo --output demo-output
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 $(VENV)/bin/reelforge demo --output demo-output
 
 # Best effort: the report test renders the page in headless Chromium (it skips, with a reason, without it).
 chromium:
