@@ -33,11 +33,6 @@ def _load(config: Optional[str], sets: list[str]) -> ReelForgeConfig:
         raise typer.Exit(2) from None
 
 
-def _not_built(job: str, issue: str) -> None:
-    console.print(f"[bold yellow]reelforge {job}[/] is not built yet ({issue}). Nothing was run.")
-    raise typer.Exit(3)
-
-
 def _version(value: bool) -> None:
     if value:
         try:
@@ -199,10 +194,58 @@ def train(
                                           "mem_gb", "resumed_from", "rows", "buckets", "wall_s", "checkpoint"])
 
 
-@app.command(context_settings=_ANY_ARGS)
-def tune() -> None:
-    """Search training hyperparameters with Ray Tune."""
-    _not_built("tune", "issue 10")
+@app.command()
+def tune(
+    latents: Optional[str] = typer.Option(None, "--latents", help="a precompute output root (its latents/ table); "
+                                          "local or s3:// (with --resume: taken from the run)"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="experiment directory, local or s3:// "
+                                         "(default: tune.storage_path, else runs/tune)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted search in --output "
+                                "(finished trials are kept)"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Search training hyperparameters (tune.space) with Ray Tune over the train job's TorchTrainer."""
+    from training.tune import read_run, run_tune
+
+    if resume and config is None and output:
+        saved = read_run(output)  # the search's own config and latents, as it started
+        config, latents = config or saved["config"], latents or saved["latents"]
+    if not latents:
+        console.print("[bold red]tune:[/] --latents is required (a precompute output root)")
+        raise typer.Exit(2)
+    cfg = _load(config, sets)
+    try:
+        summary = run_tune(cfg, latents, output, resume=resume)
+    except (FileNotFoundError, ValueError, ConfigError) as exc:
+        console.print(f"[bold red]tune:[/] {exc}")
+        raise typer.Exit(2) from None
+    print_tune_summary(summary)
+    if summary["best"] is None:
+        raise typer.Exit(1)
+
+
+def print_tune_summary(summary: dict) -> None:
+    from rich.table import Table
+
+    metric = summary["metric"]
+    trials = summary["trials"]
+    keys = [k for k in (trials[0] if trials else {}) if k not in ("trial", "status", "steps", "error")]
+    table = Table(title=f"tune ({summary['scheduler']}, {summary['mode']} {metric}) -> {summary['output']}")
+    for col in ["trial", *keys, "steps", "status"]:
+        table.add_column(col, overflow="fold")
+    for r in trials:
+        best = summary["best"] and r["trial"] == summary["best"]["trial"]
+        cells = [r["trial"] + (" *" if best else "")]
+        cells += [f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
+        cells += [str(r["steps"]), r["status"] if not r["error"] else f"error: {r['error']}"]
+        table.add_row(*cells, style="bold green" if best else None)
+    out.print(table)
+    out.print(f"trials: {summary['trials_csv']}\nplot:   {summary['plot']}")
+    if summary["best_config"]:
+        out.print(f"best:   {summary['best_config']}  (* above; reelforge train --config it)")
+    else:
+        out.print("[bold red]no trial reported the metric[/]: see the errors above")
 
 
 @app.command()
@@ -296,19 +339,29 @@ def report(
 
 @app.command()
 def demo(
-    output: str = typer.Option("demo-output", "--output", "-o", help="where the demo writes everything"),
-    config: Optional[str] = ConfigOpt,
+    output: str = typer.Option("demo-output", "--output", "-o", help="where the demo writes everything; "
+                               "a re-run into it resumes"),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML config (default: configs/demo.yaml)"),
     sets: list[str] = SetOpt,
 ) -> None:
-    """Offline demo: generate sample videos (known cuts) and curate them."""
-    from infra.demo import run_demo
-    from infra.summary import curate_progress, print_curate_summary
+    """Offline demo of the whole flow: world -> curate -> caption -> precompute -> train -> sample -> eval."""
+    from infra.demo import DEMO_CONFIG, run_demo, summary_table
+    from infra.summary import caption_progress, curate_progress
 
-    cfg = _load(config, sets)
-    with curate_progress(console) as progress:
-        manifest, videos_dir = run_demo(cfg, output, progress=progress)
-    print_curate_summary(out, manifest)
-    out.print(f"sample videos: {videos_dir}\ntables: {output}/curate/{{videos,clips,failures}}/  manifest: {output}/curate/manifest.json")
+    cfg = _load(config or str(DEMO_CONFIG), sets)
+
+    def on_stage(name: str, result: Optional[dict]) -> None:
+        if result is None:
+            console.print(f"[bold cyan]>> {name}[/]")
+        else:
+            console.print(f"   {name}: {result['detail']} [dim]({result['seconds']:.1f} s)[/]", highlight=False)
+
+    def bar(job: str):
+        return caption_progress(console) if job == "caption" else curate_progress(console, job)
+
+    summary = run_demo(cfg, output, bar=bar, on_stage=on_stage)
+    out.print(summary_table(summary))
+    out.print(f"report: {summary['page']}\ncuration report: {summary['report']}\nsample mp4: {summary['mp4']}")
 
 
 
@@ -383,6 +436,9 @@ def main() -> None:
         app()
     except ConfigError as exc:  # a config problem found past load (e.g. in a job)
         console.print(f"[bold red]config error[/]\n{exc}")
+        sys.exit(2)
+    except PermissionError as exc:  # storage.StorageAccessDenied: S3 refused the credentials
+        console.print(f"[bold red]access denied[/]\n{exc}")
         sys.exit(2)
 
 

@@ -280,11 +280,11 @@ def _check_cpus(cfg: ReelForgeConfig) -> None:
             raise ValueError(msg)
 
 
-def _run_config(t, output: str):
+def _run_config(t, output: str, callbacks: list | None = None):
     from ray.train import CheckpointConfig, FailureConfig, RunConfig
 
     kwargs = dict(failure_config=FailureConfig(max_failures=t.max_failures),
-                  checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints))
+                  checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints), callbacks=callbacks or None)
     if storage.is_s3(output):
         fs, path = storage.filesystem(output)
         parent, name = posixpath.split(path)
@@ -295,47 +295,70 @@ def _run_config(t, output: str):
     return RunConfig(name=name, storage_path=parent, **kwargs)
 
 
-def run_train(cfg: ReelForgeConfig, latents_uri: str, output: str | None = None) -> dict:
-    """Train the DiT on a latents table (local or s3://) into `output`; returns a summary dict."""
+def prepare_output(cfg: ReelForgeConfig, output: str | None) -> tuple[ReelForgeConfig, str]:
+    """The run directory (absolute when local: workers run in their own directories) and the config."""
+    output = (output or cfg.train.storage_path or "runs/train").rstrip("/")
+    if not storage.is_s3(output):
+        output = os.path.abspath(output)
+    if cfg.train.debug_dir:
+        cfg = cfg.model_copy(deep=True)
+        cfg.train.debug_dir = os.path.abspath(cfg.train.debug_dir)
+    return cfg, output
+
+
+def build_trainer(cfg: ReelForgeConfig, latents_uri: str, output: str, callbacks: list | None = None,
+                  planned: tuple[DataPlan, dict] | None = None):
+    """The TorchTrainer of a run (Ray must be up): `run_train` fits it, each `reelforge tune` trial too.
+
+    Returns (trainer, plan). `callbacks` are Ray Train user callbacks (Tune's TuneReportCallback);
+    `planned` is `plan_run`'s answer when the caller has it already.
+    """
     from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from training.data import rank_shards, ray_dataset
 
-    _quiet()
-    output = (output or cfg.train.storage_path or "runs/train").rstrip("/")
-    if not storage.is_s3(output):
-        output = os.path.abspath(output)  # workers run in their own working directories
-    if cfg.train.debug_dir:
-        cfg = cfg.model_copy(deep=True)
-        cfg.train.debug_dir = os.path.abspath(cfg.train.debug_dir)
     t = cfg.train
-    plan, meta = plan_run(cfg, latents_uri)
+    plan, meta = planned or plan_run(cfg, latents_uri)
+    _check_cpus(cfg)
+    resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        # the workers need the step counts, not every rank's clip ids (those go to rank_shards)
+        train_loop_config={"config": cfg.to_dict(), "plan": dataclasses.replace(plan, rank_ids=[]),
+                           "meta": meta, "run_dir": output},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
+        run_config=_run_config(t, output, callbacks),
+        datasets={"train": ray_dataset(latents_uri)},
+        dataset_config=rank_shards(plan.rank_ids),
+    )
+    return trainer, plan
+
+
+def finish_run(cfg: ReelForgeConfig, result, plan: DataPlan, output: str, wall_s: float) -> dict:
+    """Write the run's config.yaml and summary.json next to its checkpoints; returns the summary."""
+    summary = _summary(result, plan, output, wall_s)
+    storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
+    storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2))
+    return summary
+
+
+def run_train(cfg: ReelForgeConfig, latents_uri: str, output: str | None = None) -> dict:
+    """Train the DiT on a latents table (local or s3://) into `output`; returns a summary dict."""
+    _quiet()
+    cfg, output = prepare_output(cfg, output)
+    planned = plan_run(cfg, latents_uri)  # a missing or mixed latents table fails before Ray starts
     started, t0 = _init_ray(cfg), time.time()
     try:
-        _check_cpus(cfg)
-        resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
-        trainer = TorchTrainer(
-            train_loop_per_worker,
-            # the workers need the step counts, not every rank's clip ids (those go to rank_shards)
-            train_loop_config={"config": cfg.to_dict(), "plan": dataclasses.replace(plan, rank_ids=[]),
-                               "meta": meta, "run_dir": output},
-            scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
-            torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
-            run_config=_run_config(t, output),
-            datasets={"train": ray_dataset(latents_uri)},
-            dataset_config=rank_shards(plan.rank_ids),
-        )
+        trainer, plan = build_trainer(cfg, latents_uri, output, planned=planned)
         result = trainer.fit()
     finally:
         if started:
             import ray
 
             ray.shutdown()
-    summary = _summary(result, plan, output, time.time() - t0)
-    storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
-    storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2))
-    return summary
+    return finish_run(cfg, result, plan, output, time.time() - t0)
 
 
 def _summary(result, plan: DataPlan, output: str, wall_s: float) -> dict:

@@ -21,7 +21,9 @@ def test_version():
     assert res.returncode == 0 and res.stdout.startswith("reelforge ")
 
 
-def test_unbuilt_jobs_fail_loudly_not_fake_success():
+def test_tune_refuses_a_bad_search_space_naming_the_key():
+    res = _run("tune", "--latents", "nowhere", "--config", "configs/tiny.yaml",
+               "--set", "tune.space.train.lrr={loguniform: [1.0e-4, 1.0e-2]}")
+    assert res.returncode == 2 and "'train.lrr' is not a config key" in res.stderr.replace("\n", " ")
     res = _run("tune", "--config", "configs/tiny.yaml")
-    assert res.returncode != 0
-    assert "not built yet" in res.stderr
+    assert res.returncode == 2 and "--latents is required" in res.stderr
