@@ -285,14 +285,20 @@ def _run_config(t, output: str, callbacks: list | None = None):
 
     kwargs = dict(failure_config=FailureConfig(max_failures=t.max_failures),
                   checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints), callbacks=callbacks or None)
+    parent, name, fs = run_location(output)
+    return RunConfig(name=name, storage_path=parent, storage_filesystem=fs, **kwargs)
+
+
+def run_location(output: str):
+    """(storage_path, name, filesystem or None) of a Ray run directory, local or s3:// (train and tune)."""
     if storage.is_s3(output):
         fs, path = storage.filesystem(output)
         parent, name = posixpath.split(path)
         if not parent:
             raise ValueError(f"--output {output}: give s3://bucket/prefix, not a bare bucket")
-        return RunConfig(name=name, storage_path=parent, storage_filesystem=fs, **kwargs)
+        return parent, name, fs
     parent, name = os.path.split(os.path.abspath(output))
-    return RunConfig(name=name, storage_path=parent, **kwargs)
+    return parent, name, None
 
 
 def prepare_output(cfg: ReelForgeConfig, output: str | None) -> tuple[ReelForgeConfig, str]:

@@ -32,6 +32,7 @@ from typing import Any
 
 from infra import storage
 from infra.config import ConfigError, ReelForgeConfig, _apply_override, space_key
+from training.train import run_location
 
 log = logging.getLogger(__name__)
 
@@ -212,20 +213,8 @@ def _run_config(cfg: ReelForgeConfig, output: str):
         callbacks.append(_CrashAfterTrials(int(crash), output))
     kwargs = dict(failure_config=FailureConfig(max_failures=cfg.tune.max_failures),
                   checkpoint_config=CheckpointConfig(num_to_keep=None), callbacks=callbacks, verbose=1)
-    parent, name, fs = _split(output)
+    parent, name, fs = run_location(output)
     return RunConfig(name=name, storage_path=parent, storage_filesystem=fs, **kwargs)
-
-
-def _split(output: str):
-    """(storage_path, name, filesystem or None) of an experiment directory, local or s3://."""
-    if storage.is_s3(output):
-        fs, path = storage.filesystem(output)
-        parent, name = posixpath.split(path)
-        if not parent:
-            raise ValueError(f"--output {output}: give s3://bucket/prefix, not a bare bucket")
-        return parent, name, fs
-    parent, name = os.path.split(output)
-    return parent, name, None
 
 
 def _free_port() -> int:
@@ -293,7 +282,7 @@ def read_run(output: str) -> dict:
 def _experiment_exists(output: str) -> bool:
     from ray.tune import Tuner
 
-    parent, name, fs = _split(output)
+    parent, name, fs = run_location(output)
     path = posixpath.join(parent, name) if fs is not None else output
     return Tuner.can_restore(path, storage_filesystem=fs)
 
@@ -328,7 +317,7 @@ def run_tune(cfg: ReelForgeConfig, latents_uri: str, output: str | None = None, 
             tune.with_parameters(tune_trial, base=cfg.to_dict(), latents_uri=latents_uri, runs_dir=runs_dir),
             {"CPU": TRIAL_CPUS})
         if resume:
-            parent, name, fs = _split(output)
+            parent, name, fs = run_location(output)
             path = posixpath.join(parent, name) if fs is not None else output
             # finished trials stay finished; unfinished and errored ones resume from their checkpoints
             tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
