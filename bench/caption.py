@@ -128,7 +128,7 @@ def run_ray(model: str, batch: dict, args) -> dict:
     committed: frame decoding, actor start-up and model loading are in, Ray start-up is not."""
     from captioning.runner import run_caption
     from infra.config import CaptionConfig, RayConfig, ReelForgeConfig
-    from pipelines.runner import init_ray
+    from infra.runtime import init_ray
 
     work = Path(args.work)
     _write_clips_table(work / "ray_input", batch, args.part_size)

@@ -30,7 +30,8 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 from infra.config import load_config  # noqa: E402
 from infra.demo import make_demo_videos  # noqa: E402
-from pipelines import ingest, partitions, refilter, runner  # noqa: E402
+from infra import runtime, tables  # noqa: E402
+from pipelines import ingest, refilter, runner  # noqa: E402
 from pipelines.report import write_report  # noqa: E402
 
 
@@ -46,7 +47,7 @@ def stages_alone(cfg, videos: str, out_full: str, out_alone: str) -> dict[str, f
 
     uris, alone = _timed(lambda: ingest.list_inputs(videos, cfg.curate.extensions))
     walls = {"ingest": alone}
-    rows = runner.input_rows(partitions.plan(uris, cfg.curate.partition_size))
+    rows = runner.input_rows(tables.plan(uris, cfg.curate.partition_size))
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).materialize()
     for kind in runner.stage_kinds(cfg):
         ds, walls[kind] = _timed(lambda ds=ds, kind=kind: runner.add_stage(ds, cfg, kind).materialize())
@@ -74,7 +75,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-curate-"))
     for i in range(args.copies):
         make_demo_videos(str(tmp / "videos" / f"set{i:02d}"), seed=i)
-    runner.init_ray(cfg)
+    runtime.init_ray(cfg)
     import ray
 
     try:

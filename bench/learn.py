@@ -34,8 +34,9 @@ from captioning.runner_train import caption_prompt  # noqa: E402
 from captioning.train_captioner import (CaptionLoss, build_dataset_from_frames, build_model,  # noqa: E402
                                         caption_frames, clip_frames, train)
 from infra.config import load_config  # noqa: E402
+from infra.runtime import init_ray  # noqa: E402
 from infra.world import world_clips, write_world  # noqa: E402
-from training.evaluate import score_captions  # noqa: E402
+from infra.worldcheck import score_captions  # noqa: E402
 
 
 def captioner_curve(cfg, world_dir: Path, eval_every: int, threads: int) -> list[dict]:
@@ -123,7 +124,7 @@ def dit_curve(cfg, work: Path, eval_every: int, log=print) -> tuple[list[dict], 
     from training.metrics import read_metrics
     from training.train import run_train
 
-    ray.init(address="local", num_cpus=cfg.ray.num_cpus or 2, include_dashboard=False, log_to_driver=False)
+    init_ray(cfg if cfg.ray.num_cpus else load_config_over(cfg, ["ray.num_cpus=2"]))
     try:
         cfg, walls = prepare_dit(cfg, work, log)
         run = work / "run"

@@ -83,17 +83,14 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     args = ap.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import ray
+    from infra.runtime import ray_session
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="rf-bench-pre-"))
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
+    cfg = load_config(ROOT / "configs/tiny.yaml", ["ray.num_cpus=2"])
+    with ray_session(cfg):
         captioned = make_captioned(work, args.videos)
-        cfg = load_config(ROOT / "configs/tiny.yaml")
         results = [plain_loop(cfg, captioned), ray_job(cfg, captioned, work / "lat1", 1),
                    ray_job(cfg, captioned, work / "lat2", 2)]
-    finally:
-        ray.shutdown()
     for r in results:
         print(json.dumps(r))
     base = results[0]["wall_s"]

@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infra.config import load_config  # noqa: E402
+from infra.runtime import init_ray  # noqa: E402
 from training.data import arrow_rows, bucket_tokens, collate  # noqa: E402
 from training.models.dit import build_dit, flops_per_token, num_params  # noqa: E402
 from training.step import EMA, train_step  # noqa: E402
@@ -66,8 +67,6 @@ def traced_step_times(debug_dir: Path, skip: int) -> list[float]:
 
 def distributed(model_name, bucket, per_worker, steps, workers, channels, use_gpu=False) -> dict:
     """The real job on synthetic one-bucket latents; returns its summary and steady step times."""
-    import ray
-
     with tempfile.TemporaryDirectory() as tmp:
         latents = write_synthetic_latents(f"{tmp}/pre", {bucket: per_worker * workers * 4}, channels=channels)
         debug = Path(tmp) / "debug"
@@ -75,9 +74,9 @@ def distributed(model_name, bucket, per_worker, steps, workers, channels, use_gp
                 f"train.steps={steps}", f"train.log_every={steps}", f"train.checkpoint_every={steps}",
                 "train.zero_stage=2", "train.warmup_steps=2", f"train.debug_dir={debug}",
                 f"train.use_gpu={str(use_gpu).lower()}", "train.cpus_per_worker=1", "train.max_failures=0"]
-        cfg = load_config(None, sets)
-        if not ray.is_initialized():  # logical CPUs: one per worker plus one for Ray Data's reads
-            ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, log_to_driver=False)
+        # logical CPUs: one per worker plus one for Ray Data's reads (a Ray already up is joined)
+        cfg = load_config(None, sets + [f"ray.num_cpus={workers + 1}"])
+        init_ray(cfg)
         from training.train import run_train
 
         summary = run_train(cfg, latents, f"{tmp}/run")

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 
 from captioning.models import is_placeholder, load_captioner, resolve_device
 from captioning.prompts import (DEFAULT_PROMPT, append_scores, clean_caption, render_prompt,
                                 template_fields)
+from training.models.clip import ClipScorer
 
 log = logging.getLogger(__name__)
 
@@ -28,50 +25,6 @@ def is_oom(err: BaseException) -> bool:
 
 def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).strip()[:500]}"
-
-
-# ----------------------------------------------------------------------------- CLIP score
-class ClipScorer:
-    """open_clip text-video similarity: cosine of the caption with each frame, mean over frames."""
-
-    def __init__(self, name: str, pretrained: str | None = None, device: str = "cpu"):
-        import open_clip
-
-        if name.endswith(".json") and os.path.isfile(name):
-            # A model config file (a tiny one in tests): register it under its file stem.
-            open_clip.add_model_config(name)
-            name = Path(name).stem
-        self.device = device
-        with torch.random.fork_rng(devices=[]):
-            # A random CLIP (tests, demo) is seeded so every worker scores alike.
-            torch.manual_seed(0)
-            self.model = open_clip.create_model(name, pretrained=pretrained, device=device).eval()
-        if pretrained is None:
-            log.warning("caption_score uses a randomly initialised %s: scores mean nothing", name)
-        self.tokenizer = open_clip.get_tokenizer(name)
-        size = self.model.visual.image_size
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
-        cfg = getattr(self.model.visual, "preprocess_cfg", {})
-        mean = cfg.get("mean", open_clip.OPENAI_DATASET_MEAN)
-        std = cfg.get("std", open_clip.OPENAI_DATASET_STD)
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-
-    @torch.inference_mode()
-    def score(self, frames_batch, texts: list[str]) -> np.ndarray:
-        """(B,) similarities for B clips of (N,H,W,3) uint8 frames and their captions."""
-        x = torch.from_numpy(np.stack([np.asarray(f) for f in frames_batch])).to(self.device)
-        b = x.shape[0]
-        x = rearrange(x, "b n h w c -> (b n) c h w").float() / 255.0
-        side = min(x.shape[-2:])
-        top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
-        x = x[..., top : top + side, left : left + side]  # centre square, as CLIP's preprocessing
-        x = F.interpolate(x, size=self.size, mode="bicubic", antialias=True).clamp(0, 1)
-        img = self.model.encode_image((x - self.mean) / self.std, normalize=True)  # (B*N, D)
-        img = rearrange(img, "(b n) d -> b n d", b=b)
-        tokens = self.tokenizer(texts).to(self.device)
-        txt = self.model.encode_text(tokens, normalize=True)  # (B, D)
-        return (img * txt[:, None]).sum(-1).mean(1).float().cpu().numpy()
 
 
 # ----------------------------------------------------------------------------- the stage

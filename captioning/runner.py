@@ -11,38 +11,28 @@ gives `clips/part-{pid}.parquet` and `failures/part-{pid}.parquet` out, then `_m
 from __future__ import annotations
 
 import collections
-import contextlib
-import datetime as dt
 import functools
 import hashlib
 import json
 import logging
 import math
-import os
 import posixpath
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from captioning.models import PLACEHOLDER_FILE, CaptionerNotAvailable, build_tiny_captioner, is_placeholder
 from captioning.prompts import DEFAULT_PROMPT, PROMPTS, template_fields
-from infra import storage
-from infra.config import ReelForgeConfig
-from pipelines import partitions
-from pipelines.manifest import git_sha, package_versions, sum_counts, write_manifest
-from pipelines.schema import FAILURES_SCHEMA, table_from_rows
+from captioning.resolve import TINY, placeholder_warning, resolve_model
+from infra import storage, tables
+from infra.config import CaptionConfig, ReelForgeConfig
+from infra.runtime import ray_when_needed
 
 log = logging.getLogger(__name__)
 
 TABLES = ["clips", "failures"]
-TINY = "tiny-random"
 CAPTION_FIELDS = [
     ("caption", pa.string()),  # null: not kept, or failed (see failures/)
     ("caption_model", pa.string()),
@@ -60,76 +50,10 @@ class CaptionInputError(ValueError):
     """The clips root holds no clips table to caption."""
 
 
-# ----------------------------------------------------------------------------- the model
-
-
-@contextlib.contextmanager
-def resolve_model(cfg: ReelForgeConfig, output: str, model: str | None) -> Iterator[tuple[str, str, bool]]:
-    """(name for the table, what the actors load, placeholder?) for `model` or caption.model.
-
-    `tiny-random` is built once (seeded by caption.seed) into `{output}/_models/tiny-captioner`
-    and reused from there, so a resumed job captions with the same weights. For an s3:// output
-    the actors load a local copy that is removed afterwards. A hub name is checked here (config
-    only) so a missing model fails before Ray starts, not inside every actor.
-    """
-    name = model or cfg.caption.model
-    if name != TINY:
-        path = _check_available(name)
-        yield name, path, is_placeholder(path)
-        return
-    c = cfg.caption
-    saved = storage.join(output, "_models", "tiny-captioner")
-    if not storage.is_s3(output):
-        saved = os.path.abspath(saved)  # Ray workers do not share the driver's working directory
-        if not is_placeholder(saved):
-            build_tiny_captioner(saved, seed=c.seed, num_frames=c.num_frames)
-        yield TINY, saved, True
-        return
-    local = tempfile.mkdtemp(prefix="reelforge-tiny-captioner-")
-    try:
-        files = storage.list_files(saved)
-        if any(posixpath.basename(f) == PLACEHOLDER_FILE for f in files):
-            for f in files:
-                Path(local, posixpath.basename(f)).write_bytes(storage.read_bytes(f))
-        else:
-            build_tiny_captioner(local, seed=c.seed, num_frames=c.num_frames)
-            # the placeholder marker goes up last: the saved copy is complete once it is there
-            for f in sorted(os.listdir(local), key=lambda f: f == PLACEHOLDER_FILE):
-                storage.write_bytes(storage.join(saved, f), Path(local, f).read_bytes())
-        yield TINY, local, True
-    finally:
-        shutil.rmtree(local, ignore_errors=True)
-
-
-def _check_available(name: str) -> str:
-    """What the actors load: an absolute local directory, or a hub name whose config resolves."""
-    from transformers import AutoConfig
-
-    if name.startswith(("/", "./", "../", "~")) or os.path.isdir(name):
-        path = os.path.abspath(os.path.expanduser(name))
-        if not os.path.isdir(path):
-            raise CaptionerNotAvailable(f"captioner directory {name!r} does not exist")
-        return path
-    try:
-        AutoConfig.from_pretrained(name)
-    except OSError as e:
-        from captioning.models import _not_available
-
-        raise _not_available(name, e) from e
-    return name
-
-
-def _placeholder_warning(name: str) -> None:
-    log.warning("\n%s\nCAPTIONS ARE PLACEHOLDERS: caption model %r is a tiny randomly initialised "
-                "model.\nIts text means nothing. Set caption.model (or --model) to a real "
-                "video/image-to-text model before training on these captions.\n%s",
-                "!" * 78, name, "!" * 78)
-
-
 # ----------------------------------------------------------------------------- inputs
 
 
-def input_parts(clips_root: str) -> list[tuple[partitions.Partition, str]]:
+def input_parts(clips_root: str) -> list[tuple[tables.Partition, str]]:
     """(partition, identity) per `clips/part-*.parquet` under the curate root, in name order.
 
     The identity (size and modification time, from one listing) goes into the partition's
@@ -145,7 +69,7 @@ def input_parts(clips_root: str) -> list[tuple[partitions.Partition, str]]:
             continue
         uri = ("s3://" + info.path) if storage.is_s3(clips_root) else info.path
         mtime = info.mtime.timestamp() if info.mtime else 0
-        out.append((partitions.Partition(pid=base[5:-8], uris=(uri,)), f"{info.size}:{mtime:.6f}"))
+        out.append((tables.Partition(pid=base[5:-8], uris=(uri,)), f"{info.size}:{mtime:.6f}"))
     if not out:
         raise CaptionInputError(f"no clips table under {clips_root}: expected "
                                 f"{storage.join(clips_root, 'clips', 'part-*.parquet')} "
@@ -188,33 +112,20 @@ def _work_rows(table: pa.Table, pid: str, extra: list[str]) -> list[dict]:
 
 
 @functools.lru_cache(maxsize=4)
-def _prep_stage(kwargs_json: str):
+def _prep_stage(num_frames: int, frame_size: int):
     """One FramePrepStage per worker process (worker processes are reused across tasks)."""
     from captioning.frames import FramePrepStage
 
-    stage = FramePrepStage(**json.loads(kwargs_json))
+    stage = FramePrepStage(num_frames=num_frames, frame_size=frame_size)
     stage.setup()
     return stage
 
 
-def prep_batch(batch: dict[str, np.ndarray], kwargs_json: str) -> dict[str, np.ndarray]:
-    return _prep_stage(kwargs_json)(batch)
+def prep_batch(batch: dict[str, np.ndarray], caption: CaptionConfig) -> dict[str, np.ndarray]:
+    return _prep_stage(caption.num_frames, caption.frame_size)(batch)
 
 
 # ----------------------------------------------------------------------------- partitions
-
-
-def _error_type(message: str) -> tuple[str, str]:
-    """'RuntimeError: cannot decode ...' -> ('RuntimeError', 'cannot decode ...')."""
-    head, sep, rest = message.partition(": ")
-    return (head, rest) if sep and head.isidentifier() else ("Error", message)
-
-
-def _nan_to_none(v: Any) -> Any:
-    if v is None:
-        return None
-    v = float(v)
-    return None if math.isnan(v) else v
 
 
 def partition_tables(table: pa.Table, results: dict[int, dict], model_name: str) -> tuple[dict, dict]:
@@ -233,32 +144,20 @@ def partition_tables(table: pa.Table, results: dict[int, dict], model_name: str)
         counts["output_tokens"] += cols["caption_tokens"][i]
         if r.get("error"):
             stage = r.get("error_stage") or "caption"
-            etype, message = _error_type(str(r["error"]))
+            row = tables.failure_row(r.get("source_uri"), stage, str(r["error"]), video_id=r.get("video_id"),
+                                     clip_id=r.get("clip_id"))
             by_stage[stage] += 1
-            by_type[etype] += 1
-            failures.append({"uri": r.get("source_uri"), "video_id": r.get("video_id"), "clip_id": r.get("clip_id"),
-                             "stage": stage, "error_type": etype, "message": message})
+            by_type[row["error_type"]] += 1
+            failures.append(row)
             continue
+        score = r.get("caption_score")
         cols["caption"][i] = r.get("caption")
-        cols["caption_score"][i] = _nan_to_none(r.get("caption_score"))
+        cols["caption_score"][i] = None if score is None else tables.none_if_nan(float(score))
         counts["captioned"] += 1
     out = table.drop_columns([c for c, _ in CAPTION_FIELDS if c in table.column_names])
     for name, typ in CAPTION_FIELDS:
         out = out.append_column(pa.field(name, typ), pa.array(cols[name], type=typ))
-    tables = {"clips": out, "failures": table_from_rows(failures, FAILURES_SCHEMA)}
-    return tables, {**counts, "failed_by_stage": dict(by_stage), "failed_by_type": dict(by_type)}
-
-
-def _completed(output: str, parts: list[tuple[partitions.Partition, str]], fingerprints: dict[str, str]) -> dict:
-    """Markers of the partitions already complete with their own (per-input-part) fingerprint."""
-    listed = {posixpath.basename(u)[: -len(".json")]
-              for u in storage.list_files(storage.join(output, partitions.MARKERS)) if u.endswith(".json")}
-    done = {}
-    for p, _ in parts:
-        marker = partitions.read_marker(output, p.pid) if p.pid in listed else None
-        if marker and marker.get("fingerprint") == fingerprints[p.pid]:
-            done[p.pid] = marker
-    return done
+    return {"clips": out, "failures": tables.failures_table(failures)}, {**counts, "failed_by_stage": dict(by_stage), "failed_by_type": dict(by_type)}
 
 
 # ----------------------------------------------------------------------------- the job
@@ -282,14 +181,13 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict], model_path: str):
     ctx.enable_progress_bars = False
     # About one model batch per block: partitions finish (and commit) while the job streams.
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(math.ceil(len(rows) / c.batch_size), 2000)))
-    prep = json.dumps(dict(num_frames=c.num_frames, frame_size=c.frame_size))
     # Prep tasks reserve the memory they use: a worker with the decoders loaded (Ray measured up
     # to ~460 MiB, and wants 25% headroom) plus a batch of frames, decoded and resized. It also
     # keeps them a stage of their own: Ray fuses a task stage into the next actor stage when
     # their resource requests are equal (any CPU-only run), and decoding would then wait on
     # generation inside the actor (ray-project/ray#54433).
     memory = 768 * 2**20 + 2 * c.batch_size * c.num_frames * c.frame_size**2 * 3
-    ds = ds.map_batches(prep_batch, fn_kwargs=dict(kwargs_json=prep), batch_size=c.batch_size,
+    ds = ds.map_batches(prep_batch, fn_kwargs=dict(caption=c), batch_size=c.batch_size,
                         num_cpus=c.prep_cpus, memory=memory, zero_copy_batch=False)
     # A fixed pool of caption.concurrency actors, each loading the model once (concurrency=N).
     return ds.map_batches(CaptionStage, fn_constructor_kwargs=_stage_kwargs(cfg, model_path),
@@ -297,26 +195,18 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict], model_path: str):
                           batch_size=c.batch_size, zero_copy_batch=False)
 
 
-def _iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, dt.timezone.utc).isoformat(timespec="seconds")
-
-
 def build_manifest(*, cfg: ReelForgeConfig, clips_root: str, output: str, started: float, markers: dict,
                    placeholder: bool, model_path: str, plan_size: int, skipped: int, removed_stale: int,
                    processed: dict, stage_wall: dict[str, float]) -> dict:
-    counts = sum_counts(markers)
-    finished = time.time()
+    counts = tables.sum_counts(markers)
     busy = stage_wall.get("prep+caption (streamed)", 0.0)
+    header = tables.manifest_header("caption", clips_root, output, started)
     return {
-        "job": "caption",
-        "input": clips_root,
-        "output": output,
+        **{k: header[k] for k in ("job", "input", "output")},
         "model": cfg.caption.model,
         "model_path": model_path,
         "placeholder": placeholder,
-        "started": _iso(started),
-        "finished": _iso(finished),
-        "wall_s": round(finished - started, 3),
+        **{k: header[k] for k in ("started", "finished", "wall_s")},
         "counts": {
             "clips_in": int(counts.get("clips_in", 0)),
             "kept": int(counts.get("kept", 0)),
@@ -336,16 +226,12 @@ def build_manifest(*, cfg: ReelForgeConfig, clips_root: str, output: str, starte
             "clips_per_s": round(processed["clips"] / busy, 3) if busy and processed["clips"] else None,
             "output_tokens_per_s": round(processed["output_tokens"] / busy, 3) if busy and processed["clips"] else None,
         },
-        "resume": {"partitions": plan_size, "skipped_complete": skipped, "processed": plan_size - skipped,
-                   "stale_parts_removed": removed_stale},
-        "config": cfg.to_dict(),
-        "versions": package_versions(),
-        "git_sha": git_sha(),
+        **tables.manifest_footer(cfg, plan_size, skipped, removed_stale),
     }
 
 
-def _caption_pending(cfg: ReelForgeConfig, pending: list[partitions.Partition], model_path: str,
-                     commit: Callable[[partitions.Partition, dict[int, dict]], None],
+def _caption_pending(cfg: ReelForgeConfig, pending: list[tables.Partition], model_path: str,
+                     commit: Callable[[tables.Partition, dict[int, dict]], None],
                      progress: Callable | None, done_kept: int) -> None:
     """Stream the kept clips of `pending` through prep and caption; commit each part when complete."""
     extra = [*template_fields(_stage_kwargs(cfg, model_path)["prompt"]), *cfg.caption.score_suffix]
@@ -361,27 +247,12 @@ def _caption_pending(cfg: ReelForgeConfig, pending: list[partitions.Partition], 
         progress("start", done_kept + len(rows), done_kept)
     if not rows:
         return
-    from pipelines.runner import init_ray
-
     by_pid = {p.pid: p for p in pending}
-    started_ray = init_ray(cfg)
-    try:
-        buffers: dict[str, dict[int, dict]] = collections.defaultdict(dict)
-        for row in _dataset(cfg, rows, model_path).iter_rows():
-            pid = row["partition"]
-            buffers[pid][int(row["row"])] = dict(row)
-            if progress:
-                progress("clip", 1, 0)
-            if len(buffers[pid]) == expected[pid]:
-                commit(by_pid[pid], buffers.pop(pid))
-                del expected[pid]
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
-    if expected:
-        raise RuntimeError(f"caption: the dataset ended without every row of partitions {sorted(expected)}")
+    with ray_when_needed(cfg) as ensure_ray:
+        ensure_ray()
+        tables.commit_as_complete(_dataset(cfg, rows, model_path).iter_rows(), expected,
+                                  lambda pid, got: commit(by_pid[pid], {int(r["row"]): r for r in got}),
+                                  progress=progress, unit="clip")
 
 
 def run_caption(cfg: ReelForgeConfig, clips_root: str, output: str | None = None, model: str | None = None,
@@ -389,7 +260,7 @@ def run_caption(cfg: ReelForgeConfig, clips_root: str, output: str | None = None
     """Caption every kept clip of the curate output at `clips_root` into `output`
     (default `{clips_root}/captioned`); returns the manifest."""
     started = time.time()
-    storage.configure(cfg.storage.s3_endpoint, cfg.storage.region, cfg.storage.retries, cfg.storage.backoff_s)
+    tables.configure_storage(cfg)
     output = output or storage.join(clips_root, "captioned")
     parts = input_parts(clips_root)
     storage.makedirs(output)
@@ -401,21 +272,21 @@ def run_caption(cfg: ReelForgeConfig, clips_root: str, output: str | None = None
         model_s = time.perf_counter() - t0
         cfg = cfg.model_copy(update={"caption": cfg.caption.model_copy(update={"model": name})})
         if placeholder:
-            _placeholder_warning(name)
+            placeholder_warning(name)
         section = {k: v for k, v in cfg.caption.model_dump(mode="json").items() if k not in _RESOURCE_KEYS}
         base = hashlib.sha1(json.dumps(section, sort_keys=True).encode()).hexdigest()
         fingerprints = {p.pid: _fingerprint(base, ident) for p, ident in parts}
-        markers = _completed(output, parts, fingerprints)
+        markers = tables.completed(output, [p for p, _ in parts], fingerprints)
         pending = [p for p, _ in parts if p.pid not in markers]
         storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
         log.info("caption: %d clip parts; %d complete, skipping them", len(parts), len(markers))
         processed = {"clips": 0, "output_tokens": 0}
 
-        def commit(p: partitions.Partition, results: dict[int, dict]) -> None:
-            tables, counts = partition_tables(storage.read_table(p.uris[0]), results, name)
+        def commit(p: tables.Partition, results: dict[int, dict]) -> None:
+            part, counts = partition_tables(storage.read_table(p.uris[0]), results, name)
             if cfg.caption.source != "model":
-                tables, counts = apply_existing_captions(tables, counts, cfg.caption.source, cfg.caption.manifest, name)
-            markers[p.pid] = partitions.write_partition(output, p.pid, tables, fingerprints[p.pid], counts)
+                part, counts = apply_existing_captions(part, counts, cfg.caption.source, cfg.caption.manifest, name)
+            markers[p.pid] = tables.write_partition(output, p.pid, part, fingerprints[p.pid], counts)
             processed["clips"] += len(results)
             processed["output_tokens"] += counts.get("output_tokens", 0)
 
@@ -427,11 +298,11 @@ def run_caption(cfg: ReelForgeConfig, clips_root: str, output: str | None = None
         else:
             _caption_pending(cfg, pending, model_path, commit, progress, done_kept)
         stream_s = time.perf_counter() - t1
-    removed = partitions.remove_stale(output, TABLES, {p.pid for p, _ in parts})
+    removed = tables.remove_stale(output, TABLES, {p.pid for p, _ in parts})
     manifest = build_manifest(
         cfg=cfg, clips_root=clips_root, output=output, started=started, markers=markers, placeholder=placeholder,
         model_path=storage.join(output, "_models", "tiny-captioner") if name == TINY else model_path,
         plan_size=len(parts), skipped=len(parts) - len(pending), removed_stale=removed, processed=processed,
         stage_wall={"model": model_s, "prep+caption (streamed)": stream_s})
-    write_manifest(output, manifest)
+    tables.write_manifest(output, manifest)
     return manifest

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from captioning.prompts import DEFAULT_PROMPT, PROMPTS
-from infra import storage
-from infra.config import ReelForgeConfig
+from infra import storage, tables
+from infra.config import CaptionTrainConfig, ReelForgeConfig
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +83,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     from captioning.train_captioner import CaptionLoss, build_dataset_from_frames, build_model, save_model, train
 
-    cfg = ReelForgeConfig.model_validate(config["config"])
-    c = cfg.caption_train
+    c: CaptionTrainConfig = config["caption_train"]
     torch.set_num_threads(max(1, int(config["threads"])))
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -113,22 +112,18 @@ def _fit(cfg: ReelForgeConfig, data: dict, prompt: str, output: str) -> tuple[di
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from pipelines.runner import init_ray
+    from infra.runtime import ray_session
 
     c = cfg.caption_train
-    started = init_ray(cfg)
-    try:
+    with ray_session(cfg):
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": cfg.to_dict(), "data": [ray.put(data)], "prompt": prompt, "threads": 1},
+            train_loop_config={"caption_train": c, "data": [ray.put(data)], "prompt": prompt, "threads": 1},
             scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu,
                                          resources_per_worker={"CPU": 1, **({"GPU": 1} if c.use_gpu else {})}),
             torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
             run_config=RunConfig(name="run", storage_path=os.path.abspath(os.path.join(output, "_ray_train"))))
         result = trainer.fit()
-    finally:
-        if started:
-            ray.shutdown()
     if result.checkpoint is None:
         raise RuntimeError(f"train-captioner: the run reported no checkpoint ({result.error or 'no error given'})")
     return dict(result.metrics or {}), result.checkpoint.path
@@ -149,7 +144,7 @@ def _in_process(cfg: ReelForgeConfig, data: dict, prompt: str, output: str) -> d
 def score_model(cfg: ReelForgeConfig, model_dir: str, rows: list[dict], prompt: str) -> dict:
     """Caption eval clips with the saved model and score the colour/direction/shape words."""
     from captioning.train_captioner import caption_clips, clip_frames
-    from training.evaluate import score_captions
+    from infra.worldcheck import score_captions
 
     frames = clip_frames(rows, cfg.caption.num_frames, cfg.caption.frame_size)
     texts = caption_clips(model_dir, frames, prompt, max_new_tokens=cfg.caption.max_new_tokens)
@@ -183,5 +178,8 @@ def run_train_captioner(cfg: ReelForgeConfig, clips_root: str, output: str) -> d
     summary["wall_s"] = round(time.time() - t0, 1)
     Path(output, "config.yaml").write_text(cfg.to_yaml())
     Path(output, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    tables.write_manifest(output, {**tables.manifest_header("train-captioner", clips_root, output, t0),
+                                   "counts": {"clips": summary["clips"], "eval_clips": len(eval_rows)},
+                                   "summary": summary, **tables.manifest_footer(cfg, 1, 0, 0)})
     return summary
 

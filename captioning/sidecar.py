@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from infra import storage
-from pipelines.schema import FAILURES_SCHEMA, table_from_rows
+from infra.schema import FAILURES_SCHEMA, table_from_rows
 
 ERROR_STAGE = "caption:existing"
 

@@ -7,7 +7,7 @@ clip's caption, so `reelforge caption --model DIR` uses the saved directory as i
 
 The loss is next-token cross-entropy over the caption tokens only; the output projection runs on
 those positions alone, because a 30k-word softmax over every prompt and image token would cost
-more than the rest of the model. Frames come from `captioning.frames.sample_frames` the way
+more than the rest of the model. Frames come from `infra.video.sample_frames` the way
 FramePrepStage samples them (uniform, centre-cropped squares), then GIT's image processor.
 Horizontal and vertical flips, with left/right and up/down swapped in the caption, give four
 views of every clip.
@@ -79,7 +79,7 @@ def save_model(model, processor, out_dir, meta: dict) -> str:
 # ----------------------------------------------------------------------------- data
 def clip_frames(rows: list[dict], num_frames: int, frame_size: int) -> np.ndarray:
     """(N, F, S, S, 3) uint8 frames of clip rows, sampled as the caption job's FramePrepStage does."""
-    from captioning.frames import sample_frames
+    from infra.video import sample_frames
 
     return np.stack([sample_frames(r["uri"], r.get("start_s"), r.get("end_s"), num_frames=num_frames,
                                    size=(frame_size, frame_size), crop=True, start_frame=r.get("start_frame"),

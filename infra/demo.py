@@ -102,7 +102,7 @@ def _ray(cfg: ReelForgeConfig) -> dict:
     """Start (or join) one Ray for every job: each job joins it instead of starting its own."""
     import ray
 
-    from pipelines.runner import init_ray
+    from infra.runtime import init_ray
 
     started = init_ray(cfg)
     cpus = ray.cluster_resources().get("CPU", 0)
@@ -164,7 +164,7 @@ def _caption(cfg: ReelForgeConfig, p: dict, bar) -> dict:
 def _agreement(cfg: ReelForgeConfig, captioned: str) -> dict:
     """How often the captioner's text names the sidecar's colour, direction and shape."""
     from infra import storage
-    from training.evaluate import parse_caption, score_captions
+    from infra.worldcheck import parse_caption, score_captions
 
     cols = ["caption", "caption_source", "caption_model_text"]
     rows = [r for r in storage.read_table(storage.join(captioned, "clips"), columns=cols).to_pylist()

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from infra import storage
+from infra.tables import map_rows
 from pipelines.split import _frame_rate
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,4 @@ class MaterializeStage:
         return dict(row, clip_uris=json.dumps(uris), error=None)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        rows = [{k: batch[k][i] for k in batch} for i in range(len(batch["uri"]))]
-        out = [self.materialize_row(r) for r in rows]
-        return {k: np.array([r.get(k) for r in out], dtype=object) for k in out[0]}
+        return map_rows(batch, self.materialize_row)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from infra.tables import column, value
+
 # ----------------------------------------------------------------------------- buckets
 
 
@@ -85,18 +87,6 @@ def frame_window(start_frame: int, end_frame: int, frames: int, stride: int) -> 
 # ----------------------------------------------------------------------------- stages
 
 
-def _v(batch, key, i):
-    v = batch[key][i] if key in batch else None
-    return v.item() if hasattr(v, "item") else v
-
-
-def _column(values: list) -> np.ndarray:
-    """A 1-D object column; np.array would turn equal-length lists into a 2-D array."""
-    out = np.empty(len(values), dtype=object)
-    out[:] = values
-    return out
-
-
 class PixelPrepStage:
     """Decode each clip's bucket window to uint8 pixels.
 
@@ -111,7 +101,7 @@ class PixelPrepStage:
         pass
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from captioning.frames import sample_frames
+        from infra.video import sample_frames
 
         n = len(batch["clip_id"])
         pixels, errors, stages, took = [], [], [], []
@@ -119,13 +109,13 @@ class PixelPrepStage:
             t0 = time.perf_counter()
             try:
                 frames = sample_frames(
-                    str(_v(batch, "uri", i)), start_frame=int(_v(batch, "win_start", i)),
-                    end_frame=int(_v(batch, "win_end", i)), source_fps=float(_v(batch, "fps", i)),
-                    num_frames=int(_v(batch, "b_frames", i)),
-                    size=(int(_v(batch, "b_height", i)), int(_v(batch, "b_width", i))), crop=True,
+                    str(value(batch, "uri", i)), start_frame=int(value(batch, "win_start", i)),
+                    end_frame=int(value(batch, "win_end", i)), source_fps=float(value(batch, "fps", i)),
+                    num_frames=int(value(batch, "b_frames", i)),
+                    size=(int(value(batch, "b_height", i)), int(value(batch, "b_width", i))), crop=True,
                     num_threads=self.num_threads)
-                if frames.shape[0] != int(_v(batch, "b_frames", i)):
-                    raise ValueError(f"decoded {frames.shape[0]} frames, the bucket needs {_v(batch, 'b_frames', i)}")
+                if frames.shape[0] != int(value(batch, "b_frames", i)):
+                    raise ValueError(f"decoded {frames.shape[0]} frames, the bucket needs {value(batch, 'b_frames', i)}")
                 pixels.append(np.ascontiguousarray(frames, dtype=np.uint8).tobytes())
                 errors.append("")
                 stages.append("")
@@ -169,7 +159,7 @@ class EncodeStage:
         if not hasattr(self, "vae"):
             self.setup()
         n = len(batch["clip_id"])
-        rows = [{k: _v(batch, k, i) for k in batch if k != "pixels"} for i in range(n)]
+        rows = [{k: value(batch, k, i) for k in batch if k != "pixels"} for i in range(n)]
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(rows):
             if not r.get("error"):
@@ -181,12 +171,12 @@ class EncodeStage:
                 for i in idx:
                     rows[i].update(error=f"encode failed: {type(exc).__name__}: {exc}", error_stage="precompute:encode")
         keys = list(dict.fromkeys(k for r in rows for k in r))
-        return {k: _column([r.get(k) for r in rows]) for k in keys}
+        return {k: column([r.get(k) for r in rows]) for k in keys}
 
     def _encode_group(self, batch, rows, shape, idx) -> None:
         import torch
 
-        from training.data import tensor_to_bytes
+        from infra.schema import tensor_to_bytes
 
         t, h, w = (int(s) for s in shape)
         pix = np.stack([np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(t, h, w, 3) for i in idx])

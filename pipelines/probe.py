@@ -11,7 +11,7 @@ import av
 import numpy as np
 
 from infra.storage import open_seekable
-from pipelines.schema import VIDEOS_SCHEMA, video_id_for
+from infra.schema import VIDEOS_SCHEMA, video_id_for
 
 # Top-level ISO-BMFF (mp4/mov) box types a file may start with; others are not walked.
 _MP4_FIRST_BOXES = {b"ftyp", b"wide", b"free", b"skip", b"moov", b"mdat"}

@@ -22,7 +22,7 @@ import pyarrow as pa
 from infra import storage
 from infra.config import CurateConfig, ReelForgeConfig, load_config
 from pipelines import dedup, filters
-from pipelines.schema import CLIPS_SCHEMA
+from infra.schema import CLIPS_SCHEMA
 
 log = logging.getLogger(__name__)
 READ_COLUMNS = list(dict.fromkeys(["clip_id", "video_id", "uri", "start_frame", "end_frame", *filters.COLUMNS,

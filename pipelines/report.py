@@ -20,7 +20,7 @@ import pyarrow as pa
 from infra import storage
 from infra.config import ReelForgeConfig
 from pipelines import filters
-from pipelines.schema import CLIPS_SCHEMA, FAILURES_SCHEMA, VIDEOS_SCHEMA
+from infra.schema import CLIPS_SCHEMA, FAILURES_SCHEMA, VIDEOS_SCHEMA
 
 log = logging.getLogger(__name__)
 MEASURES = ["motion", "sharpness", "brightness", "black_ratio", "washed_ratio", "text_ratio", "aesthetic"]
@@ -99,7 +99,7 @@ def resolution_chart(t: pa.Table, output: str) -> str:
 # ----------------------------------------------------------------------------- contact sheets
 def _thumbs(output: str, rows: list[dict], decode: bool) -> dict[str, np.ndarray | None]:
     """Middle-frame thumbnail per clip: the report's cache first, then (when allowed) the source video."""
-    from pipelines.measures.frames import sample_video
+    from infra.video import sample_video
 
     out: dict[str, np.ndarray | None] = {}
     todo: dict[str, list[dict]] = collections.defaultdict(list)

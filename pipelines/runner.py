@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import functools
 import json
 import logging
-import math
-import os
 import posixpath
 import signal
 import threading
@@ -23,12 +20,15 @@ from typing import Any
 
 import numpy as np
 
-from infra import storage
-from infra.config import ReelForgeConfig
-from pipelines import ingest, measures, partitions, refilter
-from pipelines.manifest import build_manifest, write_manifest
+from infra import storage, tables
+from infra.config import CurateConfig, ReelForgeConfig
+from infra.faults import fault_point
+from infra.runtime import ray_when_needed
+from infra.schema import CLIPS_SCHEMA, VIDEOS_SCHEMA, table_from_rows, video_id_for
+from infra.tables import batch_rows, map_rows, rows_batch
+from pipelines import ingest, measures, refilter
+from pipelines.manifest import build_manifest
 from pipelines.materialize import CLIP_FILES, clip_file_uri
-from pipelines.schema import CLIPS_SCHEMA, FAILURES_SCHEMA, VIDEOS_SCHEMA, table_from_rows, video_id_for
 
 log = logging.getLogger(__name__)
 TABLES = ["videos", "clips", "failures"]
@@ -38,29 +38,45 @@ RECOMPUTE_FREE = ("curate.filters", "curate.dedup", "curate.materialize", "curat
 
 # ----------------------------------------------------------------------------- stage tasks
 
+_BUILT: dict[tuple[str, str], Callable] = {}
 
-@functools.lru_cache(maxsize=8)
-def _stage(kind: str, kwargs_json: str) -> Callable:
-    """Build a stage once per worker process (worker processes are reused across tasks)."""
-    kwargs = json.loads(kwargs_json)
+
+def _build(kind: str, c: CurateConfig) -> Callable:
+    m = c.measures
     if kind == "probe":
-        from pipelines.probe import ProbeStage as cls
-    elif kind == "split":
-        from pipelines.split import SplitStage as cls
-    elif kind == "frames":
-        from pipelines.measures.frames import FramesStage as cls
-    elif kind == "materialize":
-        from pipelines.materialize import MaterializeStage as cls
-    elif kind in ("cheap", "ocr", "clip"):
-        from pipelines.measures import build_stage
+        from pipelines.probe import ProbeStage
 
-        cls = functools.partial(build_stage, kind)
-    else:
-        raise ValueError(kind)
-    stage = cls(**kwargs)
-    if hasattr(stage, "setup"):
-        stage.setup()
-    return stage
+        return ProbeStage()
+    if kind == "split":
+        from pipelines.split import SplitStage
+
+        return SplitStage(method=c.split_method, content_threshold=c.content_threshold,
+                          adaptive_threshold=c.adaptive_threshold, fade_threshold=c.fade_threshold,
+                          transnet_threshold=c.transnet_threshold, min_scene_len=c.min_scene_len,
+                          downscale=c.downscale, min_clip_s=c.min_clip_s, max_clip_s=c.max_clip_s,
+                          trim_frames=c.trim_frames)
+    if kind == "frames":
+        from pipelines.measures.frames import FramesStage
+
+        return FramesStage(frames_per_clip=m.frames_per_clip, short_side=m.short_side, pairs=m.motion)
+    if kind == "materialize":
+        from pipelines.materialize import MaterializeStage
+
+        mc = c.materialize
+        return MaterializeStage(fps=mc.fps, short_side=mc.short_side, max_frames=mc.max_frames, crf=mc.crf,
+                                threads=max(1, int(mc.cpus)))
+    return measures.build_stage(kind, m)  # cheap, ocr, clip
+
+
+def _stage(kind: str, c: CurateConfig) -> Callable:
+    """Build a stage once per worker process (worker processes are reused across tasks)."""
+    key = (kind, c.model_dump_json())
+    if key not in _BUILT:
+        stage = _build(kind, c)
+        if hasattr(stage, "setup"):
+            stage.setup()
+        _BUILT[key] = stage
+    return _BUILT[key]
 
 
 @contextlib.contextmanager
@@ -82,96 +98,43 @@ def _deadline(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-def _maybe_die(kind: str) -> None:
-    """Fault injection for the reliability suite: REELFORGE_FAULT_KILL_ONCE=<stage>:<marker path> makes the
-    first task of that stage kill its own worker process (as an OOM kill would); Ray must retry it."""
-    spec = os.environ.get("REELFORGE_FAULT_KILL_ONCE", "")
-    if not spec.startswith(kind + ":"):
-        return
-    marker = spec.split(":", 1)[1]
-    try:
-        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        return
-    os.write(fd, str(os.getpid()).encode())
-    os.close(fd)
-    os._exit(137)
-
-
-def run_stage_batch(batch: dict[str, np.ndarray], kind: str, kwargs_json: str, timeout_s: float) -> dict:
+def run_stage_batch(batch: dict[str, np.ndarray], kind: str, curate: CurateConfig) -> dict:
     """Run one stage row by row under the per-video deadline; a row that times out becomes a failure."""
-    _maybe_die(kind)
-    stage = _stage(kind, kwargs_json)
-    n = len(batch["uri"])
-    out_rows: list[dict] = []
-    for i in range(n):
-        row_batch = {k: v[i : i + 1] for k, v in batch.items()}
+    fault_point(f"stage:{kind}")
+    stage = _stage(kind, curate)
+    timeout_s = curate.decode_timeout_s
+
+    def one(row: dict) -> dict:
         t0 = time.perf_counter()
         try:
             with _deadline(timeout_s):
-                result = stage(row_batch)
-            row = {k: _scalar(v[0]) for k, v in result.items()}
+                out = batch_rows(stage(rows_batch([row])))[0]
         except TimeoutError as exc:
-            row = {k: _scalar(v[0]) for k, v in row_batch.items()}
-            row.update(status="failed", error=f"{kind}: {exc}", error_stage=kind, error_type="Timeout")
-            row.setdefault("clips", "[]")
-        row[f"{kind}_task_s"] = time.perf_counter() - t0
-        out_rows.append(row)
-    keys = list(dict.fromkeys(k for r in out_rows for k in r))
-    return {k: np.array([r.get(k) for r in out_rows], dtype=object) for k in keys}
+            out = dict(row, status="failed", error=f"{kind}: {exc}", error_stage=kind, error_type="Timeout")
+            out.setdefault("clips", "[]")
+        out[f"{kind}_task_s"] = time.perf_counter() - t0
+        return out
+
+    return map_rows(batch, one)
 
 
 class StageActor:
     """A model-backed stage on a Ray actor: built and loaded once per actor, then run per batch."""
 
-    def __init__(self, kind: str, kwargs_json: str, timeout_s: float):
-        self.args = (kind, kwargs_json, timeout_s)
-        _stage(kind, kwargs_json)  # load the model now, not inside the first batch's deadline
+    def __init__(self, kind: str, curate: CurateConfig):
+        self.kind, self.curate = kind, curate
+        _stage(kind, curate)  # load the model now, not inside the first batch's deadline
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
-        return run_stage_batch(batch, *self.args)
-
-
-def _none_if_nan(v: Any) -> Any:
-    # Arrow<->numpy round trips turn a missing string into NaN; the tables want null.
-    return None if isinstance(v, float) and math.isnan(v) else v
-
-
-def _scalar(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
+        return run_stage_batch(batch, self.kind, self.curate)
 
 
 # ----------------------------------------------------------------------------- the job
 
 
-def _split_kwargs(cfg: ReelForgeConfig) -> dict:
-    c = cfg.curate
-    return dict(method=c.split_method, content_threshold=c.content_threshold,
-                adaptive_threshold=c.adaptive_threshold, fade_threshold=c.fade_threshold,
-                transnet_threshold=c.transnet_threshold, min_scene_len=c.min_scene_len,
-                downscale=c.downscale, min_clip_s=c.min_clip_s, max_clip_s=c.max_clip_s,
-                trim_frames=c.trim_frames)
-
-
-def init_ray(cfg: ReelForgeConfig) -> bool:
-    """Start or join Ray as the config says; True when this call started it (and should stop it)."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    # A job submitted through Ray Jobs gets RAY_ADDRESS: join that cluster instead of starting one.
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
-    # Inside a submitted job the job's runtime_env already reaches the workers; a second one conflicts.
-    in_job = bool(os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"))
-    ray.init(address=address, num_cpus=cfg.ray.num_cpus if address == "local" else None,
-             include_dashboard=cfg.ray.include_dashboard, object_store_memory=cfg.ray.object_store_memory,
-             runtime_env=None if in_job else {"env_vars": storage.storage_env()}, log_to_driver=False)
-    return True
-
-
 def stage_kinds(cfg: ReelForgeConfig) -> list[str]:
     """The per-video stages in pipeline order: probe, split, then frames and the measure stages that are on."""
-    kinds = measures.stage_kinds(cfg.curate.measures.model_dump(mode="json"))
+    kinds = measures.stage_kinds(cfg.curate.measures)
     return ["probe", "split"] + (["frames", *kinds] if kinds else [])
 
 
@@ -180,38 +143,34 @@ def add_stage(ds, cfg: ReelForgeConfig, kind: str):
     import ray
 
     c, m = cfg.curate, cfg.curate.measures
-    kwargs = {"probe": {}, "split": _split_kwargs(cfg),
-              "frames": dict(frames_per_clip=m.frames_per_clip, short_side=m.short_side, pairs=m.motion)}
-    fn_kwargs = dict(kind=kind, kwargs_json=json.dumps(kwargs.get(kind, m.model_dump(mode="json"))),
-                     timeout_s=c.decode_timeout_s)
+    fn_kwargs = dict(kind=kind, curate=c)
     if kind in ("ocr", "clip"):
         cpus, gpus, size = ((m.ocr_cpus, m.ocr_gpus, m.ocr_concurrency) if kind == "ocr"
                             else (m.clip_cpus, m.clip_gpus, m.clip_concurrency))
         return ds.map_batches(StageActor, fn_constructor_kwargs=fn_kwargs, compute=ray.data.ActorPoolStrategy(size=size),
                               num_cpus=cpus, num_gpus=gpus or None, batch_size=1, zero_copy_batch=False)
-    cpus = {"probe": c.probe_cpus, "split": c.split_cpus, "frames": m.frames_cpus, "cheap": m.cheap_cpus}[kind]
+    cpus = {"probe": c.probe_cpus, "split": c.split_cpus, "frames": m.frames_cpus, "cheap": m.cheap_cpus,
+            "materialize": c.materialize.cpus}[kind]
     # Ray retries a task whose worker died (default max_retries); a bad *row* never raises.
     return ds.map_batches(run_stage_batch, fn_kwargs=fn_kwargs, num_cpus=cpus, batch_size=1,
                           concurrency=c.concurrency, zero_copy_batch=False)
 
 
-def input_rows(pending: list[partitions.Partition]) -> list[dict]:
+def input_rows(pending: list[tables.Partition]) -> list[dict]:
     return [{"uri": u, "video_id": video_id_for(u), "partition": p.pid} for p in pending for u in p.uris]
 
 
-def _dataset(cfg: ReelForgeConfig, pending: list[partitions.Partition]):
-    """probe -> split -> frames -> measures over the pending partitions' videos, one row per video throughout."""
+def _dataset(cfg: ReelForgeConfig, rows: list[dict], kinds: list[str]):
+    """`kinds` stages over `rows`, one row per video throughout; pixels never reach the driver."""
     import ray
 
-    rows = input_rows(pending)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False  # partitions are sorted when written
     ctx.enable_progress_bars = False
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
-    kinds = stage_kinds(cfg)
     for kind in kinds:
         ds = add_stage(ds, cfg, kind)
-    return ds.drop_columns(["frames"]) if "frames" in kinds else ds  # pixels never reach the driver
+    return ds.drop_columns(["frames"]) if "frames" in kinds else ds
 
 
 def _partition_tables(rows: list[dict]) -> tuple[dict, dict]:
@@ -232,39 +191,33 @@ def _partition_tables(rows: list[dict]) -> tuple[dict, dict]:
             for c in json.loads(r.get("clips") or "[]"):
                 clips.append({k: c.get(k) for k in CLIPS_SCHEMA.names})
         else:
-            stage = r.get("error_stage") or "probe"
+            stage, etype = r.get("error_stage") or "probe", r.get("error_type") or "Error"
             by_stage[stage] += 1
-            by_type[r.get("error_type") or "Error"] += 1
-            failures.append({"uri": r["uri"], "video_id": r["video_id"], "clip_id": None, "stage": stage,
-                             "error_type": r.get("error_type") or "Error", "message": r.get("error") or ""})
+            by_type[etype] += 1
+            failures.append(tables.failure_row(r["uri"], stage, r.get("error") or "", error_type=etype,
+                                               video_id=r["video_id"]))
     counts["clips"] = len(clips)
     counts["clip_s"] = sum((c["end_s"] or 0) - (c["start_s"] or 0) for c in clips)
     clips.sort(key=lambda c: c["clip_id"])
-    tables = {"videos": table_from_rows(videos, VIDEOS_SCHEMA), "clips": table_from_rows(clips, CLIPS_SCHEMA),
-              "failures": table_from_rows(failures, FAILURES_SCHEMA)}
-    return tables, {**counts, "failed_by_stage": dict(by_stage), "failed_by_type": dict(by_type)}
+    out = {"videos": table_from_rows(videos, VIDEOS_SCHEMA), "clips": table_from_rows(clips, CLIPS_SCHEMA),
+           "failures": tables.failures_table(failures)}
+    return out, {**counts, "failed_by_stage": dict(by_stage), "failed_by_type": dict(by_type)}
 
 
-def _run_partitions(cfg: ReelForgeConfig, pending: list[partitions.Partition], output: str, fingerprint: str,
+def _run_partitions(cfg: ReelForgeConfig, pending: list[tables.Partition], output: str, fingerprint: str,
                     markers: dict, progress: Callable | None) -> None:
     """Stream the pending partitions through Ray and commit each one as soon as all its videos are in."""
-    expected = {p.pid: len(p.uris) for p in pending}
-    buffers: dict[str, list[dict]] = collections.defaultdict(list)
-    for row in _dataset(cfg, pending).iter_rows():
-        pid = row["partition"]
-        buffers[pid].append({k: _none_if_nan(v) for k, v in row.items()})
-        if progress:
-            progress("video", 1, 0)
-        if len(buffers[pid]) == expected[pid]:
-            tables, counts = _partition_tables(buffers.pop(pid))
-            markers[pid] = partitions.write_partition(output, pid, tables, fingerprint, counts)
+
+    def commit(pid: str, rows: list[dict]) -> None:
+        part, counts = _partition_tables(rows)
+        markers[pid] = tables.write_partition(output, pid, part, fingerprint, counts)
+
+    rows = _dataset(cfg, input_rows(pending), stage_kinds(cfg)).iter_rows()
+    tables.commit_as_complete(rows, {p.pid: len(p.uris) for p in pending}, commit, progress=progress, unit="video")
 
 
 def _materialize(cfg: ReelForgeConfig, output: str, d: refilter.Decisions) -> tuple[dict, dict]:
     """Write kept clips as mp4s on Ray, one task per source video; files already there are reused."""
-    import ray
-
-    mc = cfg.curate.materialize
     t = d.table.select(["clip_id", "uri", "start_frame", "end_frame"]).to_pylist()
     existing = {posixpath.basename(u) for u in storage.list_files(storage.join(output, CLIP_FILES))}
     uris: dict[str, str | None] = {}
@@ -278,13 +231,8 @@ def _materialize(cfg: ReelForgeConfig, output: str, d: refilter.Decisions) -> tu
             todo[c["uri"]].append({**c, "target": target})
     reused = len(uris)
     if todo:
-        kw = dict(fps=mc.fps, short_side=mc.short_side, max_frames=mc.max_frames, crf=mc.crf, threads=max(1, int(mc.cpus)))
         rows = [{"uri": u, "clips": json.dumps(cs)} for u, cs in sorted(todo.items())]
-        ds = ray.data.from_items(rows, override_num_blocks=len(rows))
-        ds = ds.map_batches(run_stage_batch, fn_kwargs=dict(kind="materialize", kwargs_json=json.dumps(kw),
-                                                            timeout_s=cfg.curate.decode_timeout_s),
-                            num_cpus=mc.cpus, batch_size=1, zero_copy_batch=False, concurrency=cfg.curate.concurrency)
-        for row in ds.iter_rows():
+        for row in _dataset(cfg, rows, ["materialize"]).iter_rows():
             uris.update(json.loads(row.get("clip_uris") or "{}"))
     written = sum(1 for u in uris.values() if u) - reused
     return uris, {"kept": int(d.keep.sum()), "written": written, "reused": reused,
@@ -298,46 +246,37 @@ def run_curate(cfg: ReelForgeConfig, source: str, output: str, progress: Callabl
     over the whole clips table, filters + dedup (and materialize), and the report.
     """
     started = time.time()
-    storage.configure(cfg.storage.s3_endpoint, cfg.storage.region, cfg.storage.retries, cfg.storage.backoff_s)
+    tables.configure_storage(cfg)
     t0 = time.perf_counter()
     uris = ingest.list_inputs(source, cfg.curate.extensions)
-    ingest_s = time.perf_counter() - t0
-    plan = partitions.plan(uris, cfg.curate.partition_size)
+    wall = {"ingest": time.perf_counter() - t0}
+    plan = tables.plan(uris, cfg.curate.partition_size)
     fingerprint = cfg.fingerprint("curate", exclude=RECOMPUTE_FREE)
-    markers = partitions.completed(output, plan, fingerprint)
+    markers = tables.completed(output, plan, fingerprint)
     pending = [p for p in plan if p.pid not in markers]
-    storage.makedirs(output)
-    storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
+    tables.open_output(cfg, output)
     log.info("curate: %d inputs in %d partitions; %d complete, skipping them", len(uris), len(plan), len(markers))
     if progress:
         progress("start", len(uris), sum(len(p.uris) for p in plan if p.pid in markers))
-
-    wall = {"ingest": ingest_s}
-    started_ray = False
-    try:
+    with ray_when_needed(cfg) as ensure_ray:
         t1 = time.perf_counter()
         if pending:
-            started_ray = init_ray(cfg)
+            ensure_ray()
             _run_partitions(cfg, pending, output, fingerprint, markers, progress)
         wall["probe+split+measures (streamed)"] = time.perf_counter() - t1
-        removed = partitions.remove_stale(output, TABLES, {p.pid for p in plan})
+        removed = tables.remove_stale(output, TABLES, {p.pid for p in plan})
         t2 = time.perf_counter()
         decisions = refilter.decide(output, cfg.curate)
         wall["filters+dedup"] = time.perf_counter() - t2
         clip_uris, materialized = None, None
         if cfg.curate.materialize.enabled:
             t3 = time.perf_counter()
-            started_ray = init_ray(cfg) or started_ray
+            ensure_ray()
             clip_uris, materialized = _materialize(cfg, output, decisions)
             wall["materialize"] = time.perf_counter() - t3
         t4 = time.perf_counter()
         refilter.write(output, decisions, clip_uris)
         wall["filters+dedup"] += time.perf_counter() - t4  # rewriting the changed part files
-    finally:
-        if started_ray:
-            import ray
-
-            ray.shutdown()
     if cfg.curate.report:
         from pipelines.report import write_report
 
@@ -345,9 +284,9 @@ def run_curate(cfg: ReelForgeConfig, source: str, output: str, progress: Callabl
         write_report(output, cfg)
         wall["report"] = time.perf_counter() - t2
     manifest = build_manifest(
-        job="curate", cfg=cfg, source=source, output=output, started=started, markers=markers,
+        cfg=cfg, source=source, output=output, started=started, markers=markers,
         plan_size=len(plan), skipped=len(plan) - len(pending), removed_stale=removed, stage_wall=wall,
         decisions=decisions.counts, materialized=materialized,
     )
-    write_manifest(output, manifest)
+    tables.write_manifest(output, manifest)
     return manifest

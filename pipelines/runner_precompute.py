@@ -8,18 +8,17 @@ gathers each shard's rows (latent bytes, small) and commits it with a marker, as
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from infra import storage
+from infra import storage, tables
 from infra.config import ReelForgeConfig
-from pipelines import partitions, precompute
-from pipelines.manifest import git_sha, package_versions, write_manifest
-from pipelines.schema import FAILURES_SCHEMA, LATENTS_SCHEMA, table_from_rows
+from infra.runtime import ray_when_needed
+from infra.schema import LATENTS_SCHEMA, table_from_rows
+from pipelines import precompute
 
 log = logging.getLogger(__name__)
 _CLIP_COLS = ["clip_id", "uri", "start_frame", "end_frame", "fps", "width", "height", "num_frames", "caption", "keep"]
@@ -84,11 +83,7 @@ def plan_shards(rows: list[dict], shard_rows: int, shard_bytes: int) -> list[tup
         size += r["est_bytes"]
     if current:
         shards.append(current)
-    out = []
-    for i, shard in enumerate(shards):
-        digest = hashlib.sha1("\n".join(r["clip_id"] for r in shard).encode()).hexdigest()[:8]
-        out.append((f"{i:05d}-{digest}", shard))
-    return out
+    return [(f"{i:05d}-{tables.digest(r['clip_id'] for r in shard)}", shard) for i, shard in enumerate(shards)]
 
 
 def _prep_batch(batch: dict) -> dict:
@@ -120,61 +115,48 @@ def _commit(output: str, pid: str, rows: list[dict], fingerprint: str) -> dict:
     ok = [r for r in rows if not r.get("error")]
     bad = [r for r in rows if r.get("error")]
     latents = table_from_rows([{k: r.get(k) for k in LATENTS_SCHEMA.names} for r in ok], LATENTS_SCHEMA)
-    failures = table_from_rows([{"uri": r.get("uri"), "video_id": str(r["clip_id"]).rsplit("-", 1)[0],
-                                 "clip_id": r["clip_id"], "stage": r.get("error_stage") or "precompute",
-                                 "error_type": "PrecomputeError", "message": r["error"]} for r in bad],
-                               FAILURES_SCHEMA)
+    failures = tables.failures_table([
+        tables.failure_row(r.get("uri"), r.get("error_stage") or "precompute", r["error"], error_type="PrecomputeError",
+                           video_id=str(r["clip_id"]).rsplit("-", 1)[0], clip_id=r["clip_id"]) for r in bad])
     per_bucket = collections.Counter(r["bucket"] for r in ok)
     nbytes = sum(len(r["latent"]) + len(r["text_emb"]) for r in ok)
     counts = {"rows": len(rows), "encoded": len(ok), "failed": len(bad), "bytes": nbytes,
               "per_bucket": dict(per_bucket), "prep_s": sum(float(r.get("prep_s") or 0) for r in rows)}
-    return partitions.write_partition(output, pid, {"latents": latents, "failures": failures}, fingerprint, counts)
+    return tables.write_partition(output, pid, {"latents": latents, "failures": failures}, fingerprint, counts)
 
 
 def run_precompute(cfg: ReelForgeConfig, clips_root: str, output: str,
                    progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Encode every eligible captioned clip under `clips_root` into `output`/latents; returns the manifest."""
-    from pipelines.runner import init_ray
-
     started = time.time()
-    storage.configure(cfg.storage.s3_endpoint, cfg.storage.region, cfg.storage.retries, cfg.storage.backoff_s)
+    tables.configure_storage(cfg)
     rows, dropped, n_clips = plan_clips(cfg, clips_root)
     shards = plan_shards(rows, cfg.precompute.shard_rows, cfg.precompute.shard_bytes)
     fingerprint = cfg.fingerprint("precompute")
-    plan = [partitions.Partition(pid, tuple(r["clip_id"] for r in s)) for pid, s in shards]
-    markers = partitions.completed(output, plan, fingerprint)
+    plan = [tables.Partition(pid, tuple(r["clip_id"] for r in s)) for pid, s in shards]
+    markers = tables.completed(output, plan, fingerprint)
     pending = [(pid, s) for pid, s in shards if pid not in markers]
-    storage.makedirs(output)
-    storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
+    tables.open_output(cfg, output)
     log.info("precompute: %d clips, %d eligible in %d shards; %d complete, skipping them",
              n_clips, len(rows), len(shards), len(markers))
     if progress:
         progress("start", len(rows), sum(len(s) for pid, s in shards if pid in markers))
     t0 = time.perf_counter()
     if pending:
-        expected = {pid: len(s) for pid, s in pending}
-        items = [{**r, "shard": pid} for pid, s in pending for r in s]
-        started_ray = init_ray(cfg)
-        try:
-            buffers: dict[str, list[dict]] = collections.defaultdict(list)
-            for row in _dataset(cfg, items).iter_rows():
-                pid = row["shard"]
-                buffers[pid].append(dict(row))
-                if progress:
-                    progress("clip", 1, 0)
-                if len(buffers[pid]) == expected[pid]:
-                    markers[pid] = _commit(output, pid, buffers.pop(pid), fingerprint)
-        finally:
-            if started_ray:
-                import ray
+        def commit(pid: str, shard_rows: list[dict]) -> None:
+            markers[pid] = _commit(output, pid, shard_rows, fingerprint)
 
-                ray.shutdown()
+        items = [{**r, "shard": pid} for pid, s in pending for r in s]
+        with ray_when_needed(cfg) as ensure_ray:
+            ensure_ray()
+            tables.commit_as_complete(_dataset(cfg, items).iter_rows(), {pid: len(s) for pid, s in pending}, commit,
+                                      key="shard", progress=progress, unit="clip")
     encode_wall = time.perf_counter() - t0
-    removed = partitions.remove_stale(output, ["latents", "failures"], {p.pid for p in plan})
+    removed = tables.remove_stale(output, ["latents", "failures"], {p.pid for p in plan})
     manifest = build_precompute_manifest(cfg, clips_root, output, started, markers, dropped, n_clips, len(rows),
                                          len(shards), len(shards) - len(pending), removed, encode_wall,
                                          sum(len(s) for _, s in pending))
-    write_manifest(output, manifest)
+    tables.write_manifest(output, manifest)
     return manifest
 
 
@@ -187,21 +169,15 @@ def build_precompute_manifest(cfg, clips_root, output, started, markers, dropped
         per_bucket.update(c["per_bucket"])
         encoded, failed, nbytes = encoded + c["encoded"], failed + c["failed"], nbytes + c["bytes"]
     per_clip = nbytes / encoded if encoded else 0.0
-    finished = time.time()
     return {
-        "job": "precompute", "input": clips_root, "output": output,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(finished)),
-        "wall_s": round(finished - started, 3),
+        **tables.manifest_header("precompute", clips_root, output, started),
         "counts": {"clips": n_clips, "eligible": eligible,
                    "encoded": encoded, "failed": failed, "dropped": dropped, "rows_per_bucket": dict(per_bucket)},
         "bytes": {"total": nbytes, "per_clip": round(per_clip, 1),
                   "projection": {"1M_clips_GB": round(per_clip * 1e6 / 1e9, 3),
                                  "10M_clips_GB": round(per_clip * 1e7 / 1e9, 3)}},
         "throughput": {"clips_per_s": round(processed_clips / encode_wall, 3) if encode_wall and processed_clips else None},
-        "resume": {"partitions": n_shards, "skipped_complete": skipped, "processed": n_shards - skipped,
-                   "stale_parts_removed": removed},
         "models": {"vae": cfg.precompute.vae, "text_encoder": cfg.precompute.text_encoder,
                    "latent_dtype": cfg.precompute.latent_dtype},
-        "config": cfg.to_dict(), "versions": package_versions(), "git_sha": git_sha(),
+        **tables.manifest_footer(cfg, n_shards, skipped, removed),
     }

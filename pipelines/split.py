@@ -21,8 +21,9 @@ from scenedetect.common import FrameTimecode, Timecode, framerate_to_fraction
 from scenedetect.scene_manager import compute_downscale_factor
 
 from infra.storage import open_seekable
+from infra.tables import map_rows
 from pipelines.probe import normalize_rotation
-from pipelines.schema import clip_id_for
+from infra.schema import clip_id_for
 
 METHODS = ("content", "adaptive", "threshold", "transnetv2")
 TRANSNET_SIZE = (48, 27)  # (width, height) the TransNetV2 weights were trained on
@@ -276,12 +277,4 @@ class SplitStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self.method == "transnetv2":
             self.setup()
-        names = list(batch)
-        rows = [{k: _scalar(batch[k][i]) for k in names} for i in range(len(batch["uri"]))]
-        out_rows = [self.split_row(r) for r in rows]
-        keys = list(dict.fromkeys(k for r in out_rows for k in r))
-        return {k: np.array([r.get(k) for r in out_rows], dtype=object) for k in keys}
-
-
-def _scalar(v):
-    return v.item() if isinstance(v, np.generic) else v
+        return map_rows(batch, self.split_row)

@@ -7,7 +7,8 @@ ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
 
 PLAIN_MODULES = [
     "pipelines", "captioning", "training", "infra",
-    "pipelines.schema", "pipelines.ingest", "pipelines.partitions", "pipelines.manifest", "pipelines.probe",
+    "infra.schema", "infra.tables", "infra.video", "infra.faults", "infra.worldcheck", "pipelines.ingest",
+    "pipelines.manifest", "pipelines.probe",
     "pipelines.split", "infra.config", "infra.storage", "infra.videogen",
     "pipelines.measures", "pipelines.measures.frames", "pipelines.measures.motion", "pipelines.measures.quality",
     "pipelines.measures.ocr", "pipelines.measures.embed", "pipelines.measures.aesthetic", "pipelines.filters",

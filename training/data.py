@@ -17,25 +17,10 @@ import pyarrow as pa
 import torch
 
 from infra import storage
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
-
-def tensor_to_bytes(x: torch.Tensor, dtype: str) -> bytes:
-    """Cast to `dtype` and return the raw bytes (C order)."""
-    return x.detach().to("cpu", DTYPES[dtype]).contiguous().view(torch.uint8).numpy().tobytes()
-
-
-def tensor_from_bytes(data: bytes, shape, dtype: str) -> torch.Tensor:
-    """Inverse of tensor_to_bytes: the exact stored values, as a new tensor of `shape`."""
-    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    return raw.view(DTYPES[dtype]).reshape(tuple(int(s) for s in shape)).clone()
-
+from infra.schema import LATENTS_SCHEMA, tensor_from_bytes
 
 def read_latents(uri: str, columns: list[str] | None = None) -> pa.Table:
     """The latents table under `uri` (a precompute output root or its latents/ folder)."""
-    from pipelines.schema import LATENTS_SCHEMA
-
     return storage.read_table(latents_dir(uri), schema=LATENTS_SCHEMA, columns=columns)
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import torch
 
 from infra import storage
-from training.data import tensor_to_bytes
+from infra.schema import tensor_to_bytes
 
 CAPTIONS = ("a red square moves left", "a blue circle grows", "green stripes scroll up",
             "a white dot bounces", "an orange ring spins", "purple waves rise")
@@ -61,7 +61,7 @@ def synthetic_rows(buckets: dict[str, int] | None = None, channels: int = 4, dty
 def write_synthetic_latents(root: str, buckets: dict[str, int] | None = None, rows_per_file: int = 8,
                             **kwargs) -> str:
     """Write synthetic rows as ROOT/latents/part-*.parquet (local or s3://); returns ROOT."""
-    from pipelines.schema import LATENTS_SCHEMA, table_from_rows
+    from infra.schema import LATENTS_SCHEMA, table_from_rows
 
     rows = synthetic_rows(buckets, **kwargs)
     # Interleave the buckets across files, as a real precompute output mixes them.
@@ -74,6 +74,6 @@ def write_synthetic_latents(root: str, buckets: dict[str, int] | None = None, ro
 
 def table(buckets: dict[str, int] | None = None, **kwargs) -> pa.Table:
     """The synthetic rows as one in-memory table."""
-    from pipelines.schema import LATENTS_SCHEMA, table_from_rows
+    from infra.schema import LATENTS_SCHEMA, table_from_rows
 
     return table_from_rows(synthetic_rows(buckets, **kwargs), LATENTS_SCHEMA)

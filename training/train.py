@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from infra import storage
 from infra.config import ReelForgeConfig
+from infra.runtime import cluster_address, ray_session
 from training import zero
 from training.data import (INDEX_COLUMNS, BucketBatcher, DataPlan, RowCache, bucket_batch_size, bucket_tokens,
                            collate, iter_shard_rows, latents_dir, plan_data)
@@ -174,7 +175,7 @@ def train_loop_per_worker(config: dict) -> None:
     """One Ray Train worker: setup, model + EMA, optimizer, data, loop, checkpoint."""
     import ray.train
 
-    cfg = ReelForgeConfig.model_validate(config["config"])
+    cfg: ReelForgeConfig = config["config"]
     t, plan, meta = cfg.train, config["plan"], config["meta"]
     # 1. setup
     rank, world, device = _setup(t)
@@ -253,18 +254,6 @@ def plan_run(cfg: ReelForgeConfig, latents_uri: str) -> tuple[DataPlan, dict]:
     return plan, {**facts, "rows": plan.rows, "buckets": plan.rows_per_bucket}
 
 
-def _init_ray(cfg: ReelForgeConfig) -> bool:
-    """Start or join Ray as the config says; True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray.init(address=cfg.ray.address or "local", num_cpus=None if cfg.ray.address else cfg.ray.num_cpus,
-             include_dashboard=cfg.ray.include_dashboard, object_store_memory=cfg.ray.object_store_memory,
-             runtime_env={"env_vars": storage.storage_env()}, log_to_driver=False)
-    return True
-
-
 def _check_cpus(cfg: ReelForgeConfig) -> None:
     """Fail fast when the workers would take every CPU: Ray Data's read tasks need one to run."""
     import ray
@@ -274,7 +263,7 @@ def _check_cpus(cfg: ReelForgeConfig) -> None:
     if total - need < 1:
         msg = (f"{t.num_workers} workers x {t.cpus_per_worker} CPU leave {total - need:g} of {total:g} CPUs "
                "for reading latents (Ray Data needs 1): lower train.cpus_per_worker or add CPUs")
-        if cfg.ray.address:  # an autoscaling cluster may still grow
+        if cluster_address(cfg):  # an autoscaling cluster may still grow
             log.warning(msg)
         else:
             raise ValueError(msg)
@@ -331,7 +320,7 @@ def build_trainer(cfg: ReelForgeConfig, latents_uri: str, output: str, callbacks
     trainer = TorchTrainer(
         train_loop_per_worker,
         # the workers need the step counts, not every rank's clip ids (those go to rank_shards)
-        train_loop_config={"config": cfg.to_dict(), "plan": dataclasses.replace(plan, rank_ids=[]),
+        train_loop_config={"config": cfg, "plan": dataclasses.replace(plan, rank_ids=[]),
                            "meta": meta, "run_dir": output},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
@@ -355,15 +344,10 @@ def run_train(cfg: ReelForgeConfig, latents_uri: str, output: str | None = None)
     _quiet()
     cfg, output = prepare_output(cfg, output)
     planned = plan_run(cfg, latents_uri)  # a missing or mixed latents table fails before Ray starts
-    started, t0 = _init_ray(cfg), time.time()
-    try:
+    t0 = time.time()
+    with ray_session(cfg):
         trainer, plan = build_trainer(cfg, latents_uri, output, planned=planned)
         result = trainer.fit()
-    finally:
-        if started:
-            import ray
-
-            ray.shutdown()
     return finish_run(cfg, result, plan, output, time.time() - t0)
 
 

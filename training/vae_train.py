@@ -93,7 +93,7 @@ def estimate_scaling_factor(vae, videos: Iterable[torch.Tensor], max_batches: in
 def clip_videos(clips_uri: str, vc) -> tuple[list[torch.Tensor], list[str]]:
     """Pixels (3, T, H, W) in [-1, 1] of the kept clips of a curate output (or its clips/ folder),
     T = vc.num_frames spread over each clip; returns (videos, errors of clips that did not decode)."""
-    from captioning.frames import sample_frames
+    from infra.video import sample_frames
     from infra import storage
 
     root = clips_uri.rstrip("/")

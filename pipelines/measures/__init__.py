@@ -13,9 +13,10 @@ from __future__ import annotations
 import io
 import json
 import logging
-from typing import Any
-
 import numpy as np
+
+from infra.config import MeasuresConfig
+from infra.tables import map_rows
 
 log = logging.getLogger(__name__)
 
@@ -76,45 +77,36 @@ class MeasureStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.setup()
-        names = list(batch)
-        rows = [{k: _scalar(batch[k][i]) for k in names} for i in range(len(batch[names[0]]))]
-        out = [self.measure_row(r) for r in rows]
-        keys = list(dict.fromkeys(k for r in out for k in r))
-        return {k: np.array([r.get(k) for r in out], dtype=object) for k in keys}
-
-
-def _scalar(v: Any) -> Any:
-    return v.item() if isinstance(v, np.generic) else v
+        return map_rows(batch, self.measure_row)
 
 
 # ----------------------------------------------------------------------------- building stages
-def build_stage(kind: str, **m) -> MeasureStage:
-    """The measure stage of one kind ("cheap", "ocr", "clip") from curate.measures settings."""
+def build_stage(kind: str, m: MeasuresConfig) -> MeasureStage:
+    """The measure stage of one kind ("cheap", "ocr", "clip") from the curate.measures section."""
     if kind == "cheap":
         from pipelines.measures.embed import PhashMeasure
         from pipelines.measures.motion import MotionMeasure
         from pipelines.measures.quality import QualityMeasure
 
-        ms = [MotionMeasure(m["static_motion"])] if m["motion"] else []
-        ms += [QualityMeasure(m["black_luma"], m["washed_luma"])] if m["quality"] else []
-        ms += [PhashMeasure()] if m["embedding"] else []
+        ms = [MotionMeasure(m.static_motion)] if m.motion else []
+        ms += [QualityMeasure(m.black_luma, m.washed_luma)] if m.quality else []
+        ms += [PhashMeasure()] if m.embedding else []
         return MeasureStage(ms)
     if kind == "ocr":
         from pipelines.measures.ocr import TextMeasure
 
-        return MeasureStage([TextMeasure(m["ocr_side"], threads=max(1, int(m["ocr_cpus"])),
-                                         use_cuda=m["ocr_gpus"] > 0)])
+        return MeasureStage([TextMeasure(m.ocr_side, threads=max(1, int(m.ocr_cpus)), use_cuda=m.ocr_gpus > 0)])
     if kind == "clip":
         from pipelines.measures.embed import ClipMeasure
 
-        return MeasureStage([ClipMeasure(m["clip_model"], m["clip_pretrained"], m["aesthetic_weights"],
-                                         embedding=m["embedding"], device="cuda" if m["clip_gpus"] > 0 else "cpu")])
+        return MeasureStage([ClipMeasure(m.clip_model, m.clip_pretrained, m.aesthetic_weights,
+                                         embedding=m.embedding, device="cuda" if m.clip_gpus > 0 else "cpu")])
     raise ValueError(f"unknown measure stage {kind!r}")
 
 
-def stage_kinds(m: dict) -> list[str]:
+def stage_kinds(m: MeasuresConfig) -> list[str]:
     """Which measure stages the settings switch on, in pipeline order."""
-    kinds = ["cheap"] if (m["motion"] or m["quality"] or m["embedding"]) else []
-    kinds += ["ocr"] if m["text"] else []
-    kinds += ["clip"] if m["clip_model"] and (m["embedding"] or m["aesthetic_weights"]) else []
+    kinds = ["cheap"] if (m.motion or m.quality or m.embedding) else []
+    kinds += ["ocr"] if m.text else []
+    kinds += ["clip"] if m.clip_model and (m.embedding or m.aesthetic_weights) else []
     return kinds

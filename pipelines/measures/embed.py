@@ -7,8 +7,6 @@ when a head is given, sharing one image-tower forward pass.
 from __future__ import annotations
 
 import logging
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -38,22 +36,6 @@ class PhashMeasure:
 
 
 # ----------------------------------------------------------------------------- open_clip
-def load_clip(name: str, pretrained: str | None, device: str):
-    """An open_clip model by name (or a model-config .json path); random init (seeded) when pretrained is None."""
-    import open_clip
-    import torch
-
-    if name.endswith(".json") and os.path.isfile(name):
-        open_clip.add_model_config(name)  # a tiny config in tests: registered under its file stem
-        name = Path(name).stem
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)  # a random tower must embed alike on every worker
-        model = open_clip.create_model(name, pretrained=pretrained, device=device).eval()
-    if pretrained is None:
-        log.warning("curate: open_clip %s is randomly initialised: embeddings and aesthetics mean nothing", name)
-    return model
-
-
 class ClipMeasure:
     """`embedding` (L2-normalised mean of the frames' open_clip embeddings) and `aesthetic` (head score, mean over frames)."""
 
@@ -66,19 +48,16 @@ class ClipMeasure:
         self.model = None
 
     def setup(self) -> None:
-        import open_clip
         import torch
+
+        from training.models.clip import ClipImages, load_clip
 
         if self.model is not None:
             return
         if self.device == "cuda" and not torch.cuda.is_available():
             self.device = "cpu"
-        self.model = load_clip(self.clip_model, self.clip_pretrained, self.device)
-        size = self.model.visual.image_size
-        self.size = (size, size) if isinstance(size, int) else tuple(size)
-        cfg = getattr(self.model.visual, "preprocess_cfg", {})
-        self.mean = torch.tensor(cfg.get("mean", open_clip.OPENAI_DATASET_MEAN), device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(cfg.get("std", open_clip.OPENAI_DATASET_STD), device=self.device).view(1, 3, 1, 1)
+        self.model, _ = load_clip(self.clip_model, self.clip_pretrained, self.device, purpose="curate embedding")
+        self.images = ClipImages(self.model, self.device)
         self.head = None
         if self.weights:
             from pipelines.measures.aesthetic import load_head
@@ -93,13 +72,7 @@ class ClipMeasure:
         self.setup()
         n = anchors.shape[0]
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(anchors)).to(self.device)
-            x = rearrange(x, "n k h w c -> (n k) c h w").float() / 255.0
-            side = min(x.shape[-2:])
-            top, left = (x.shape[-2] - side) // 2, (x.shape[-1] - side) // 2
-            x = x[..., top : top + side, left : left + side]  # centre square, as CLIP's preprocessing
-            x = F.interpolate(x, size=self.size, mode="bicubic", antialias=True).clamp(0, 1)
-            emb = self.model.encode_image((x - self.mean) / self.std, normalize=True)  # (n*K, D)
+            emb = self.images.embed(anchors)  # (n*K, D)
             score = self.head(emb.float()) if self.head is not None else None  # (n*K,)
             emb = F.normalize(rearrange(emb.float(), "(n k) d -> n k d", n=n).mean(1), dim=-1)  # (n, D)
         out = []

@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from captioning import frames as F
-from captioning.frames import FramePrepStage, sample_frames
+from captioning.frames import FramePrepStage
+from infra import video as F
+from infra.video import sample_frames
 from infra.videogen import Scene, read_frame_number, write_video
 
 MEDIA = Path(__file__).resolve().parents[3] / "shared" / "media"

@@ -12,7 +12,7 @@ import pytest
 
 from captioning.sidecar import (apply_existing_captions, best_scene, existing_caption, manifest_caption,
                                 read_sidecar, sidecar_caption)
-from pipelines.schema import FAILURES_SCHEMA
+from infra.schema import FAILURES_SCHEMA
 
 SCENES = [
     {"start_frame": 0, "end_frame": 24, "start_s": 0.0, "end_s": 1.0, "caption": "a red square moves left"},

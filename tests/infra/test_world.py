@@ -11,11 +11,11 @@ import av
 import numpy as np
 import pytest
 
-from captioning.frames import sample_frames
+from infra.video import sample_frames
 from infra.config import ConfigError, load_config
 from infra.videogen import write_video
 from infra.world import combos, plan_video, world_clips, write_world
-from training.evaluate import check_video, parse_caption, score, score_captions, score_videos
+from infra.worldcheck import check_video, parse_caption, score, score_captions, score_videos
 
 
 def _world(*sets):

@@ -22,7 +22,7 @@ from infra import storage
 from infra.config import load_config
 from infra.world import write_world
 from pipelines.runner import run_curate
-from training.evaluate import score_captions
+from infra.worldcheck import score_captions
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

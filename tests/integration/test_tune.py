@@ -25,7 +25,7 @@ import pytest
 from infra.config import load_config
 from training.synthetic import write_synthetic_latents
 from training.train import run_train
-from training.tune import persisted_statuses
+from infra.faults import persisted_statuses
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -86,7 +86,7 @@ def latents(tmp_path_factory):
 def searched(tmp_path_factory, latents, env):
     """(experiment dir, finished-run stamps before the resume, resume output)."""
     out = tmp_path_factory.mktemp("tune") / "search"
-    crashed = _tune(_args(latents, out), dict(env, REELFORGE_FAULT_TUNE_CRASH_AFTER_TRIALS="2"),
+    crashed = _tune(_args(latents, out), dict(env, REELFORGE_FAULT="crash_after_trials=2"),
                     start_new_session=True)
     log, _ = crashed.communicate(timeout=540)
     assert crashed.returncode == -signal.SIGKILL, log[-3000:]

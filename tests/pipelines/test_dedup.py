@@ -14,7 +14,7 @@ import pytest
 from infra.videogen import Scene, write_video
 from pipelines.dedup import find_duplicates, group, phash_keys
 from pipelines.measures.embed import phash
-from pipelines.measures.frames import sample_video
+from infra.video import sample_video
 
 FPS = 24
 

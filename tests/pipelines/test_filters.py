@@ -12,10 +12,10 @@ import pytest
 
 from infra import storage
 from infra.config import FiltersConfig, load_config
-from pipelines import partitions
+from infra import tables as partitions
 from pipelines.filters import FILTERS, apply_filters, drop_counts
 from pipelines.refilter import run_refilter
-from pipelines.schema import CLIPS_SCHEMA, table_from_rows
+from infra.schema import CLIPS_SCHEMA, table_from_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,8 @@ from infra.videogen import Scene, read_frame_number, write_video
 from pipelines.measures import MeasureStage, build_stage, pack_frames, stage_kinds
 from pipelines.measures.aesthetic import AestheticHead, load_head
 from pipelines.measures.embed import ClipMeasure, phash
-from pipelines.measures.frames import FramesStage, sample_video
+from infra.video import sample_video
+from pipelines.measures.frames import FramesStage
 from pipelines.measures.motion import MotionMeasure
 from pipelines.measures.ocr import TextMeasure
 from pipelines.measures.quality import QualityMeasure
@@ -65,7 +66,7 @@ def test_frames_downscale_rotation_and_pyav_fallback(tmp_path, monkeypatch):
     truth = write_video(path, [Scene(30)], fps=FPS, width=160, height=96, rotation=90)
     a, _ = sample_video(str(path), _clips(truth), k=3, short_side=48)
     assert a.shape == (1, 3, 80, 48, 3)  # displayed portrait, short side 48
-    from pipelines.measures import frames as frames_mod
+    from infra import video as frames_mod
 
     def no_decord(*args, **kwargs):
         raise RuntimeError("decord unavailable")
@@ -159,9 +160,9 @@ def test_stages_update_clips_in_video_rows(scenes):
     out = FramesStage(frames_per_clip=2, short_side=64)(batch)
     assert out["frames"][0] is not None and out["frames"][2] is None
     assert out["status"][1] == "failed" and out["error_stage"][1] == "measure:frames" and out["clips"][1] == "[]"
-    m = MeasuresConfig().model_dump()
+    m = MeasuresConfig()
     assert stage_kinds(m) == ["cheap", "ocr"]
-    res = build_stage("cheap", **m)(out)
+    res = build_stage("cheap", m)(out)
     got = json.loads(res["clips"][0])
     assert len(got) == len(clips) and {"motion", "static", "sharpness", "black_ratio", "phash"} <= set(got[0])
     assert got[KINDS.index("black")]["black_ratio"] == 1.0

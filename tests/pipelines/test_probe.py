@@ -10,7 +10,7 @@ import pytest
 
 from infra.videogen import Scene, write_bad_inputs, write_video
 from pipelines.probe import ProbeStage, probe_video
-from pipelines.schema import VIDEOS_SCHEMA, table_from_rows, video_id_for
+from infra.schema import VIDEOS_SCHEMA, table_from_rows, video_id_for
 
 MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"
 needs_media = pytest.mark.skipif(not MEDIA.is_dir(), reason=f"{MEDIA} is absent (a fresh clone "

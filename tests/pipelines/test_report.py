@@ -14,9 +14,9 @@ import pytest
 
 from infra.config import load_config
 from infra.videogen import Scene, write_video
-from pipelines import partitions
+from infra import tables as partitions
 from pipelines.report import _label, write_report
-from pipelines.schema import CLIPS_SCHEMA, FAILURES_SCHEMA, VIDEOS_SCHEMA, table_from_rows
+from infra.schema import CLIPS_SCHEMA, FAILURES_SCHEMA, VIDEOS_SCHEMA, table_from_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

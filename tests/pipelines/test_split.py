@@ -10,7 +10,7 @@ import pytest
 
 from infra.videogen import Scene, write_bad_inputs, write_video
 from pipelines.probe import ProbeStage
-from pipelines.schema import CLIP_CORE_FIELDS, clip_id_for
+from infra.schema import CLIP_CORE_FIELDS, clip_id_for
 from pipelines.split import SplitStage, detect_cuts
 
 MEDIA = Path(__file__).resolve().parents[2].parent / "shared" / "media"

@@ -44,7 +44,7 @@ def _run(args, env, **kw):
 
 def _crash_after_commits(args, out: Path, n_commits: int, env) -> int:
     """Run the job in its own process group; the driver SIGKILLs that group after n commits."""
-    proc = _run(args, dict(env, REELFORGE_FAULT_CRASH_AFTER_COMMITS=str(n_commits)), start_new_session=True)
+    proc = _run(args, dict(env, REELFORGE_FAULT=f"crash_after_commits={n_commits}"), start_new_session=True)
     proc.communicate(timeout=400)
     assert proc.returncode == -signal.SIGKILL, proc.returncode
     return len(list((out / "_markers").glob("*.json")))

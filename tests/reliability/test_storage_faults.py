@@ -10,7 +10,7 @@ import pytest
 from infra import storage
 from infra.config import load_config
 from infra.videogen import Scene, write_video
-from pipelines import partitions
+from infra import tables as partitions
 from pipelines.runner import run_curate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -25,7 +25,7 @@ def test_dead_worker_is_retried_and_nothing_is_lost(tmp_path, cli_env, stage):
     for i in range(4):
         write_video(src / f"v{i}.mp4", [Scene(30 + i), Scene(30, kind="static")], fps=24, seed=i)
     marker = tmp_path / "died.pid"
-    env = dict(cli_env, REELFORGE_FAULT_KILL_ONCE=f"{stage}:{marker}")
+    env = dict(cli_env, REELFORGE_FAULT=f"kill_once={stage}:{marker}")
     res = subprocess.run([sys.executable, "-m", "infra.cli", "curate", "--input", str(src), "--output",
                           str(tmp_path / "out"), "--config", "configs/tiny.yaml"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)

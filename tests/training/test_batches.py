@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from infra.config import load_config
+from infra.schema import tensor_from_bytes
 from training.data import (BucketBatcher, RowCache, arrow_rows, bucket_batch_size, bucket_tokens, collate,
-                           iter_shard_rows, plan_data, read_latents, row_tensors, tensor_from_bytes)
+                           iter_shard_rows, plan_data, read_latents, row_tensors)
 from training.synthetic import synthetic_rows, table, write_synthetic_latents
 from training.train import plan_run, rank_steps
 
@@ -184,7 +185,7 @@ def test_plan_run_reads_specs_and_dims_from_the_index(tmp_path):
 
 def test_plan_run_refuses_a_table_that_mixes_text_encoders(tmp_path):
     from infra import storage
-    from pipelines.schema import LATENTS_SCHEMA, table_from_rows
+    from infra.schema import LATENTS_SCHEMA, table_from_rows
 
     rows = synthetic_rows({"1x8x8": 2})
     rows[1]["text_encoder"] = "minilm"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from infra import storage
 from infra.videogen import Scene, write_video
-from pipelines.schema import CLIPS_SCHEMA, table_from_rows
+from infra.schema import CLIPS_SCHEMA, table_from_rows
 from training.models.vae import VideoVAE, load_vae
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,18 +12,16 @@ VDiT-XS/2, the synthetic-world learning run on CPU, 1.67M at in_channels=4, text
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
+
+from training.models.io import PretrainedMixin, from_preset
 
 
 @dataclass(frozen=True)
@@ -234,9 +232,10 @@ class FinalLayer(nn.Module):
 #################################################################################
 
 
-class VideoDiT(nn.Module):
+class VideoDiT(PretrainedMixin, nn.Module):
     """Predicts the rectified-flow velocity for latents (B, C, T, H, W); output has x's shape."""
 
+    config_class = VideoDiTConfig
     supports_gradient_checkpointing = True
 
     def __init__(self, config: VideoDiTConfig):
@@ -324,31 +323,6 @@ class VideoDiT(nn.Module):
         )  # (B, C, T'*pt, H'*ph, W'*pw)
         return x[:, :, :T, :H, :W]
 
-    def save_pretrained(self, directory):
-        """Write config.json and model.safetensors (no pickle)."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path / "model.safetensors"))
-
-    @classmethod
-    def from_pretrained(cls, directory, device="cpu") -> "VideoDiT":
-        path = Path(directory)
-        config = config_from_dict(VideoDiTConfig, json.loads((path / "config.json").read_text()))
-        model = cls(config)
-        model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)))
-        return model.to(device)
-
-
-def config_from_dict(cls, data: dict):
-    """Build a config dataclass, refusing unknown keys by name."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} keys: {unknown}")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
 
 #################################################################################
 #                                   VideoDiT Configs                            #
@@ -368,11 +342,7 @@ VDIT_PRESETS = {
 
 def build_dit(preset_or_config: str | VideoDiTConfig, **overrides) -> VideoDiT:
     """A VideoDiT from a preset name or a config, with fields overridden (e.g. text_dim=384)."""
-    if isinstance(preset_or_config, str):
-        if preset_or_config not in VDIT_PRESETS:
-            raise KeyError(f"unknown preset {preset_or_config!r}; known: {sorted(VDIT_PRESETS)}")
-        preset_or_config = VDIT_PRESETS[preset_or_config]
-    return VideoDiT(dataclasses.replace(preset_or_config, **overrides))
+    return from_preset(VideoDiT, VDIT_PRESETS, preset_or_config, "preset", **overrides)
 
 
 def num_params(model: nn.Module) -> int:

@@ -10,8 +10,6 @@ with each causal layer keeping the last frames of the previous chunk (`cache`).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -21,7 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
-from safetensors.torch import load_file, save_file
+
+from training.models.io import PretrainedMixin, from_preset
 
 
 @dataclass(frozen=True)
@@ -231,8 +230,10 @@ class DiagonalGaussian:
 #################################################################################
 
 
-class VideoVAE(nn.Module):
+class VideoVAE(PretrainedMixin, nn.Module):
     """Causal video VAE; `encode(x) -> DiagonalGaussian`, `decode(z) -> x` in [-1, 1]."""
+
+    config_class = VideoVAEConfig
 
     def __init__(self, config: VideoVAEConfig):
         super().__init__()
@@ -302,26 +303,6 @@ class VideoVAE(nn.Module):
         z = posterior.sample(generator) if sample_posterior else posterior.mode()
         return self.decode(z), posterior
 
-    def save_pretrained(self, directory):
-        """Write config.json and model.safetensors (no pickle)."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(json.dumps(dataclasses.asdict(self.config), indent=2))
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path / "model.safetensors"))
-
-    @classmethod
-    def from_pretrained(cls, directory, device="cpu") -> "VideoVAE":
-        path = Path(directory)
-        data = json.loads((path / "config.json").read_text())
-        unknown = sorted(set(data) - {f.name for f in dataclasses.fields(VideoVAEConfig)})
-        if unknown:
-            raise ValueError(f"unknown VideoVAEConfig keys: {unknown}")
-        config = VideoVAEConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-        model = cls(config)
-        model.load_state_dict(load_file(str(path / "model.safetensors"), device=str(device)))
-        return model.to(device)
-
 
 VAE_PRESETS = {
     "tiny": VideoVAEConfig(latent_channels=4, base_channels=8, channel_mult=(1, 2, 2, 2), num_res_blocks=1),
@@ -333,11 +314,7 @@ VAE_PRESETS = {
 
 
 def build_vae(preset_or_config: str | VideoVAEConfig, **overrides) -> VideoVAE:
-    if isinstance(preset_or_config, str):
-        if preset_or_config not in VAE_PRESETS:
-            raise KeyError(f"unknown VAE preset {preset_or_config!r}; known: {sorted(VAE_PRESETS)}")
-        preset_or_config = VAE_PRESETS[preset_or_config]
-    return VideoVAE(dataclasses.replace(preset_or_config, **overrides))
+    return from_preset(VideoVAE, VAE_PRESETS, preset_or_config, "VAE preset", **overrides)
 
 
 #################################################################################

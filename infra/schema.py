@@ -1,4 +1,9 @@
-"""Arrow schemas and column names of every ReelForge table (see DESIGN.md: Tables)."""
+"""Arrow schemas and column names of every ReelForge table (see DESIGN.md: Tables), and the
+latents table's tensor codec.
+
+Tensors are stored as their raw bytes (`tensor.contiguous().view(uint8)`), with shape and dtype in
+sibling columns; bfloat16 has no numpy dtype, so the codec goes through torch only.
+"""
 
 from __future__ import annotations
 
@@ -117,3 +122,28 @@ LATENTS_SCHEMA = pa.schema(
         ("num_frames", pa.int32()),
     ]
 )
+
+
+# ----------------------------------------------------------------------------- the tensor codec
+LATENT_DTYPES = ("bfloat16", "float16", "float32")
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+def tensor_to_bytes(x, dtype: str) -> bytes:
+    """Cast a torch tensor to `dtype` and return the raw bytes (C order)."""
+    import torch
+
+    return x.detach().to("cpu", _torch_dtype(dtype)).contiguous().view(torch.uint8).numpy().tobytes()
+
+
+def tensor_from_bytes(data: bytes, shape, dtype: str):
+    """Inverse of tensor_to_bytes: the exact stored values, as a new torch tensor of `shape`."""
+    import torch
+
+    raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    return raw.view(_torch_dtype(dtype)).reshape(tuple(int(s) for s in shape)).clone()

@@ -1,0 +1,165 @@
+"""`reelforge` training commands: train-vae, train, tune, sample, eval and train-captioner.
+
+Plain functions: infra/cli.py registers them on the app, in the order `--help` lists them.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from infra.cli_common import ConfigOpt, SetOpt, _load, exits_on, fail, out, print_plain
+from infra.config import ConfigError
+
+
+def train_vae(
+    clips: str = typer.Option(..., "--clips", help="a curate output root (its clips/ table); local or s3://"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="where vae/ goes (default: CLIPS/vae-train)"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Train the video VAE on frames of the kept clips (settings: train.vae.*)."""
+    from training.vae_train import run_train_vae
+
+    cfg = _load(config, sets)
+    with exits_on("train-vae", FileNotFoundError, ValueError):
+        summary = run_train_vae(cfg, clips, output)
+    _print_run_summary("train-vae", summary, ["clips", "failed_clips", "steps", "final_loss", "psnr",
+                                              "samples_per_s", "scaling_factor", "seconds", "checkpoint"])
+
+
+def _print_run_summary(job: str, summary: dict, keys: list[str]) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{job} -> {summary['output']}", show_header=False, box=None)
+    t.add_column(no_wrap=True)
+    t.add_column(overflow="fold")  # paths are folded, never cut: users copy them
+    for key in keys:
+        value = summary.get(key)
+        t.add_row(key.replace("_", " "), f"{value:.4g}" if isinstance(value, float) else str(value))
+    out.print(t)
+
+
+def train(
+    latents: str = typer.Option(..., "--latents", help="a precompute output root (its latents/ table); local or s3://"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="run directory, local or s3:// "
+                                         "(default: train.storage_path, else runs/train); a re-run resumes"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Train the video DiT from latent shards with Ray Train + DeepSpeed ZeRO (settings: train.*)."""
+    from training.train import run_train
+
+    cfg = _load(config, sets)
+    with exits_on("train", FileNotFoundError, ValueError):
+        summary = run_train(cfg, latents, output)
+    _print_run_summary("train", summary, ["step", "epoch", "loss", "samples_per_s", "tokens_per_s", "mfu",
+                                          "mem_gb", "resumed_from", "rows", "buckets", "wall_s", "checkpoint"])
+
+
+def tune(
+    latents: Optional[str] = typer.Option(None, "--latents", help="a precompute output root (its latents/ table); "
+                                          "local or s3:// (with --resume: taken from the run)"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="experiment directory, local or s3:// "
+                                         "(default: tune.storage_path, else runs/tune)"),
+    resume: bool = typer.Option(False, "--resume", help="continue an interrupted search in --output "
+                                "(finished trials are kept)"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Search training hyperparameters (tune.space) with Ray Tune over the train job's TorchTrainer."""
+    from training.tune import read_run, run_tune
+
+    if resume and config is None and output:
+        saved = read_run(output)  # the search's own config and latents, as it started
+        config, latents = config or saved["config"], latents or saved["latents"]
+    if not latents:
+        fail("tune", "--latents is required (a precompute output root)")
+    cfg = _load(config, sets)
+    with exits_on("tune", FileNotFoundError, ValueError, ConfigError):
+        summary = run_tune(cfg, latents, output, resume=resume)
+    print_tune_summary(summary)
+    if summary["best"] is None:
+        raise typer.Exit(1)
+
+
+def print_tune_summary(summary: dict) -> None:
+    from rich.table import Table
+
+    metric = summary["metric"]
+    trials = summary["trials"]
+    keys = [k for k in (trials[0] if trials else {}) if k not in ("trial", "status", "steps", "error")]
+    table = Table(title=f"tune ({summary['scheduler']}, {summary['mode']} {metric}) -> {summary['output']}")
+    for col in ["trial", *keys, "steps", "status"]:
+        table.add_column(col, overflow="fold")
+    for r in trials:
+        best = summary["best"] and r["trial"] == summary["best"]["trial"]
+        cells = [r["trial"] + (" *" if best else "")]
+        cells += [f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in keys]
+        cells += [str(r["steps"]), r["status"] if not r["error"] else f"error: {r['error']}"]
+        table.add_row(*cells, style="bold green" if best else None)
+    out.print(table)
+    out.print(f"trials: {summary['trials_csv']}\nplot:   {summary['plot']}")
+    if summary["best_config"]:
+        out.print(f"best:   {summary['best_config']}  (* above; reelforge train --config it)")
+    else:
+        out.print("[bold red]no trial reported the metric[/]: see the errors above")
+
+
+def sample(
+    checkpoint: str = typer.Option(..., "--checkpoint", help="checkpoint dir with dit/ (and ema/, meta.json)"),
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="text prompt (repeatable: one video each)"),
+    output: str = typer.Option("samples", "--output", "-o", help="folder for the mp4 files"),
+    vae: Optional[str] = typer.Option(None, "--vae", help="VAE spec (default: the checkpoint's, else precompute.vae)"),
+    text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="text encoder spec (default as --vae)"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Sample videos from a trained DiT checkpoint to mp4 (text -> latents -> VAE decode -> mp4)."""
+    from training.sample import sample_to_files
+
+    cfg = _load(config, sets)
+    with exits_on("sample", FileNotFoundError, ValueError):
+        paths = sample_to_files(cfg, checkpoint, list(prompt), output, vae_spec=vae, text_encoder_spec=text_encoder)
+    for p, path in zip(prompt, paths):
+        out.print(f"{path}  <- {p!r}")
+
+
+def eval_cmd(
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="DiT checkpoint dir: sample held-out prompts"),
+    vae: Optional[str] = typer.Option(None, "--vae", help="VAE dir (save_pretrained): PSNR/SSIM on --clips"),
+    clips: Optional[str] = typer.Option(None, "--clips", help="a world dir (its eval split) or a curate output root"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="folder for eval.json and the sampled mp4s"),
+    max_clips: int = typer.Option(16, "--max-clips", help="clips for the VAE metrics"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Score a DiT on held-out world prompts (colour, direction, shape) and/or a VAE's PSNR/SSIM; prints JSON."""
+    from training.evaluate import run_eval
+
+    cfg = _load(config, sets)
+    with exits_on("eval", FileNotFoundError, ValueError):
+        report = run_eval(cfg, checkpoint=checkpoint, vae=vae, clips=clips, output=output, max_clips=max_clips)
+    if "sample" in report:
+        report["sample"].pop("per_prompt", None)  # the full list is in eval.json
+    print_plain(json.dumps(report, indent=1))
+
+
+def train_captioner(
+    clips: str = typer.Option(..., "--clips", help="a world dir (demo-data) or a curate/caption output root"),
+    output: str = typer.Option(..., "--output", "-o", help="local dir for the model (then: caption --model)"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Train a small GIT captioner on clips with existing captions (Ray Train, DDP); score a world's eval split."""
+    from captioning.runner_train import run_train_captioner
+
+    cfg = _load(config, sets)
+    with exits_on("train-captioner", FileNotFoundError, ValueError):
+        summary = run_train_captioner(cfg, clips, output)
+    shown = {**summary, **({"eval": {k: v for k, v in summary["eval"].items() if k != "examples"}}
+                           if "eval" in summary else {})}  # examples are in OUTPUT/train_summary.json
+    print_plain(json.dumps(shown, indent=1))
+    out.print(f"model: {output}  (reelforge caption --clips ROOT --model {output})")

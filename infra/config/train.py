@@ -1,0 +1,97 @@
+"""The train and sample sections: the DiT job, its VAE (train.vae) and sampling."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import _Section
+
+
+class VaeTrainConfig(_Section):
+    """train.vae: `reelforge train-vae` (single process, plain torch) on frames of kept clips."""
+
+    preset: str = "tiny"  # VideoVAE preset, or a save_pretrained dir to continue from
+    steps: int = Field(200, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(2, ge=1)
+    num_frames: int = Field(9, ge=1, description="1 + k * the VAE's temporal compression")
+    height: int = Field(64, ge=8)
+    width: int = Field(64, ge=8)
+    kl_weight: float = Field(1e-6, ge=0)
+    # l1 sticks at the background on small shapes over flat backgrounds (the median of a pixel that is
+    # rarely the shape is the background); mse learns them (the synthetic world: configs/learn-shapes.yaml)
+    recon_loss: Literal["l1", "mse"] = "l1"
+    grad_clip: float = Field(1.0, gt=0)
+    max_clips: int | None = Field(None, ge=1, description="decode at most this many clips")
+    log_every: int = Field(10, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+
+class TrainConfig(_Section):
+    """train: the DiT job (Ray Train + DeepSpeed ZeRO); see README "Training"."""
+
+    model: str = "VDiT-T/2"
+    # optimisation: AdamW, linear warmup then cosine from lr to min_lr at `steps`
+    lr: float = Field(1e-4, gt=0)
+    min_lr: float = Field(0.0, ge=0, description="cosine floor")
+    weight_decay: float = Field(0.0, ge=0)
+    betas: list[float] = [0.9, 0.999]  # AdamW (beta1, beta2)
+    warmup_steps: int = Field(100, ge=0)
+    steps: int = Field(1000, ge=1, description="total optimizer steps (the LR schedule's length)")
+    stop_at_step: int | None = Field(None, ge=1, description="end this run here (checkpointed); a re-run resumes")
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.9999, ge=0, le=1, description="capped by (1+step)/(10+step) early on")
+    caption_dropout: float = Field(0.1, ge=0, le=1)
+    gradient_checkpointing: bool = False
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
+    # data: batches never mix buckets; sizes are per worker
+    batch_size: int = Field(8, ge=1, description="rows per worker batch, any bucket")
+    batch_sizes: dict[str, int] = {}  # per-bucket override, e.g. {"5x8x8": 16}
+    token_budget: int | None = Field(None, ge=1, description="latent tokens per worker batch (wins over batch_size)")
+    shuffle_buffer: int = Field(1024, ge=1, description="rows shuffled together before bucketing")
+    cache_mb: int = Field(1024, ge=0, description="replay a worker's rows from memory after epoch 0 if they fit")
+    # DeepSpeed ZeRO and Ray Train
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    offload_optimizer: bool = False
+    offload_param: bool = False  # ZeRO-3 only
+    num_workers: int = Field(2, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0, description="leave CPUs free for Ray Data ingest")
+    max_failures: int = Field(1, ge=0)
+    # checkpoints, metrics, samples
+    checkpoint_every: int = Field(100, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    peak_tflops: float = Field(989.0, gt=0, description="per-worker peak for MFU (H100 dense bf16: 989)")
+    samples: bool = False  # rank 0 samples sample_prompts into CKPT/samples/ at each checkpoint
+    sample_prompts: list[str] = ["a red square moves left", "a blue circle grows"]
+    seed: int = 0
+    storage_path: str | None = None  # run directory when --output is not given
+    debug_dir: str | None = None  # per-rank pid files and batch traces (ops and fault tests)
+    vae: VaeTrainConfig = VaeTrainConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.offload_param and self.zero_stage != 3:
+            raise ValueError("offload_param needs zero_stage 3")
+        if self.min_lr > self.lr:
+            raise ValueError(f"min_lr={self.min_lr} is above lr={self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        bad = [k for k, v in self.batch_sizes.items() if v < 1]
+        if bad:
+            raise ValueError(f"batch_sizes must be >= 1 (got {bad})")
+        return self
+
+
+class SampleConfig(_Section):
+    steps: int = Field(30, ge=1)
+    cfg_scale: float = Field(5.0, ge=0)
+    num_frames: int = Field(17, ge=1)
+    height: int = Field(64, ge=8)
+    width: int = Field(64, ge=8)
+    fps: int = Field(8, ge=1)
+    seed: int = 0
