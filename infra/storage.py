@@ -295,6 +295,27 @@ def open_seekable(uri: str) -> Iterator[BinaryIO]:
         f.close()
 
 
+def download_dir(uri: str, local: str) -> str:
+    """Copy every file under `uri` (a directory or s3:// prefix) into the local directory `local`,
+    keeping relative paths; returns `local`."""
+    base = uri.rstrip("/") + "/"
+    for f in list_files(uri):
+        target = os.path.join(local, *f[len(base):].split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with open(target, "wb") as out:
+            out.write(read_bytes(f))
+    return local
+
+
+def upload_dir(local: str, uri: str) -> None:
+    """Write every file under the local directory `local` to `uri` (local or s3://), whole objects."""
+    for directory, _, files in os.walk(local):
+        for name in sorted(files):
+            path = os.path.join(directory, name)
+            with open(path, "rb") as f:
+                write_bytes(join(uri, *os.path.relpath(path, local).split(os.sep)), f.read())
+
+
 # ----------------------------------------------------------------------------- Parquet
 
 
