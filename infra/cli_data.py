@@ -48,8 +48,22 @@ def curate(
         out.print(f"report: {output.rstrip('/')}/report/index.html")
 
 
+InputsOpt = typer.Option(..., "--input", "-i", help="a curate output root (repeatable); local or s3://")
+
+
+def _dataset_job(job: str, run, summary, inputs: list[str], output: str, config: Optional[str], sets: list[str]) -> None:
+    """Load the config, run a dataset-scale job over curate outputs, print its summary and report."""
+    from pipelines.dedup_job import DedupInputError
+
+    cfg = _load(config, sets)
+    with exits_on(job, DedupInputError, FileNotFoundError):
+        manifest = run(cfg, inputs, output)
+    summary(out, manifest)
+    out.print(f"report: {output.rstrip('/')}/report/index.html")
+
+
 def dedup(
-    inputs: list[str] = typer.Option(..., "--input", "-i", help="a curate output root (repeatable); local or s3://"),
+    inputs: list[str] = InputsOpt,
     output: str = typer.Option(..., "--output", "-o", help="dedup root: duplicates/ table, index/, report/"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,
@@ -57,17 +71,13 @@ def dedup(
     """Near-duplicate clips across curate outputs (dedup.kinds: perceptual, semantic) into OUTPUT/duplicates;
     a later run into the same OUTPUT checks only new outputs against its index."""
     from infra.summary import print_dedup_summary
-    from pipelines.dedup_job import DedupInputError, run_dedup
+    from pipelines.dedup_job import run_dedup
 
-    cfg = _load(config, sets)
-    with exits_on("dedup", DedupInputError):
-        manifest = run_dedup(cfg, inputs, output)
-    print_dedup_summary(out, manifest)
-    out.print(f"report: {output.rstrip('/')}/report/index.html")
+    _dataset_job("dedup", run_dedup, print_dedup_summary, inputs, output, config, sets)
 
 
 def balance(
-    inputs: list[str] = typer.Option(..., "--input", "-i", help="a curate output root (repeatable); local or s3://"),
+    inputs: list[str] = InputsOpt,
     output: str = typer.Option(..., "--output", "-o", help="balance root: weights/ table, report/"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,
@@ -75,13 +85,8 @@ def balance(
     """Concept balancing: k-means over clip embeddings -> per-clip sample_weight and keep_prob in OUTPUT/weights."""
     from infra.summary import print_balance_summary
     from pipelines.balance import run_balance
-    from pipelines.dedup_job import DedupInputError
 
-    cfg = _load(config, sets)
-    with exits_on("balance", DedupInputError, FileNotFoundError):
-        manifest = run_balance(cfg, inputs, output)
-    print_balance_summary(out, manifest)
-    out.print(f"report: {output.rstrip('/')}/report/index.html")
+    _dataset_job("balance", run_balance, print_balance_summary, inputs, output, config, sets)
 
 
 def caption(

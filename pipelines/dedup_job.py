@@ -62,13 +62,13 @@ def read_new(cfg: ReelForgeConfig, parts: dict[str, dict]):
     cols += ["embedding"] if "semantic" in d.kinds else []
     ds = read_parquet(sorted(parts), cols, include_paths=True)
     return map_arrow(ds, st.prepare, score=d.score, only_kept=d.only_kept,
-                s3=storage.is_s3(next(iter(parts)))).materialize()
+                     s3=storage.is_s3(next(iter(parts)))).materialize()
 
 
 def perceptual(cfg: ReelForgeConfig, new, state: index.IndexState, run: str, stats: dict):
     d = cfg.dedup
     rows = map_arrow(new.select_columns(["key", "source", "phash"]), st.band_rows, bands=d.max_hamming + 1,
-                buckets=d.index_buckets, parts=d.partitions).materialize()
+                     buckets=d.index_buckets, parts=d.partitions).materialize()
     touched = sorted(rows.unique("bucket"))
     old = state.bucket_files("perceptual", touched)
     stats["perceptual"] = {"buckets_touched": len(touched), "index_files_read": len(old),
@@ -111,6 +111,8 @@ def _fingerprint(edges) -> tuple[int, int]:
 def components(edges, parts: int, max_rounds: int) -> tuple[object, int]:
     """Alternate large and small star until the edge set stops changing: then every edge is node -> root."""
     seen = _fingerprint(edges)
+    if seen[1] == 0:
+        return edges, 0
     for rounds in range(1, max_rounds + 1):
         edges = grouped(map_arrow(edges, st.both_ways, parts=parts), st.large, parts)
         edges = grouped(map_arrow(edges, st.oriented, parts=parts), st.small, parts).materialize()
@@ -126,7 +128,8 @@ def resolve(cfg: ReelForgeConfig, nodes, output: str, run: str, stats: dict) -> 
     p = cfg.dedup.partitions
     edges, stats["component_rounds"] = components(map_arrow(nodes, st.star_edges).materialize(), p,
                                                   cfg.dedup.max_rounds)
-    rows = map_arrow(edges, st.resolve_rows, parts=p, final=True).union(map_arrow(nodes, st.resolve_rows, parts=p, final=False))
+    rows = map_arrow(edges, st.resolve_rows, parts=p, final=True).union(
+        map_arrow(nodes, st.resolve_rows, parts=p, final=False))
     return list(grouped(rows, st.resolve_part, p, output=output, run=run).iter_rows())  # one row per partition
 
 
@@ -160,12 +163,13 @@ def _funnel(parts: list[dict], stats: dict, state: index.IndexState) -> dict:
 
 
 def _manifest(cfg: ReelForgeConfig, inputs: list[str], output: str, started: float, run: str, funnel: dict,
-              stats: dict, parts_written: int) -> dict:
+              stats: dict) -> dict:
     m = {**tables.manifest_header("dedup", ",".join(inputs), output, started), "run": run, "counts": funnel,
          "index": {k: stats[k] for k in ("perceptual", "semantic", "centroids") if k in stats},
          "component_rounds": stats.get("component_rounds", 0)}
     m["throughput"] = {"clips_per_s": round(funnel["clips_read"] / m["wall_s"], 1) if m["wall_s"] else None}
-    return {**m, **tables.manifest_footer(cfg, parts_written, 0, 0)}
+    parts = len(stats["new_parts"]) + stats["skipped"]  # resume counts input parts: indexed ones are skipped
+    return {**m, **tables.manifest_footer(cfg, parts, stats["skipped"], 0)}
 
 
 def _nothing_new(cfg: ReelForgeConfig, state: index.IndexState, output: str, skipped: int) -> dict:
@@ -202,7 +206,7 @@ def run_dedup(cfg: ReelForgeConfig, inputs: list[str], output: str,
         nodes = _nodes(cfg, state, run, stats)
         parts = resolve(cfg, nodes, output, run, stats) if nodes.count() else []
     funnel = _funnel(parts, stats, state)
-    manifest = _manifest(cfg, inputs, output, started, run, funnel, stats, len(parts))
+    manifest = _manifest(cfg, inputs, output, started, run, funnel, stats)
     index.commit_run(output, {"run": run, "seq": int(run.split("-")[0]), "config_key": index.config_key(cfg),
                               "config": cfg.dedup.model_dump(mode="json"), "parts": {u: p["identity"] for u, p
                               in new_parts.items()}, "centroids": stats.get("centroids"), "manifest": manifest})

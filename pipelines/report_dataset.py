@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from infra import storage
 from pipelines.report import _img, _pyplot, _save, page, table_html
@@ -61,6 +62,8 @@ def balance_chart(clusters: dict, output: str) -> str:
     b.set_xlabel("cluster, largest first")
     b.set_title("what training sees per cluster")
     b.legend(fontsize=7)
+    for ax in (a, b):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return _save(fig, output, "balance.png")
 
 
