@@ -58,7 +58,7 @@ def child(mode: str, outs: list[str], dst: str, sets: list[str]) -> dict:
         from pipelines.dedup_job import run_dedup
 
         m = run_dedup(load_config(ROOT / "configs" / "tiny.yaml", sets), outs, dst)
-        clips, removed, extra = m["counts"]["clips_read"], m["counts"]["removed"], {"rounds": m["component_rounds"]}
+        clips, removed, extra = m["counts"]["clips_read"], m["counts"]["removed"], {"rounds": m["component_steps"]}
     else:
         from pipelines.dedup import find_duplicates
 

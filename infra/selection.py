@@ -22,7 +22,8 @@ from infra.schema import DUPLICATES_SCHEMA, WEIGHTS_SCHEMA
 
 
 @functools.lru_cache(maxsize=4)
-def _removed(root: str, run: str) -> frozenset[str]:
+def removed_ids(root: str, run: str) -> frozenset[str]:
+    """clip_ids a dedup output removes (kept=false); cached per process and run."""
     t = storage.read_table(storage.join(root, "duplicates"), schema=DUPLICATES_SCHEMA, columns=["clip_id", "kept"])
     return frozenset(c for c, k in zip(t["clip_id"].to_pylist(), t["kept"].to_pylist()) if k is False)
 
@@ -34,7 +35,7 @@ def _weights(root: str, run: str) -> dict[str, tuple[float, float]]:
     return dict(zip(t["clip_id"].to_pylist(), zip(t["keep_prob"].to_pylist(), t["sample_weight"].to_pylist())))
 
 
-def _run(root: str) -> str:
+def run_of(root: str) -> str:
     """The finished run of a dedup/balance output (its manifest's run and finish time)."""
     uri = storage.join(root, "manifest.json")
     if not storage.exists(uri):
@@ -48,7 +49,7 @@ def identity(cfg: ReelForgeConfig) -> str:
     s = cfg.selection
     if not (s.duplicates or s.weights):
         return ""
-    text = "|".join(f"{root}={_run(root)}" for root in (s.duplicates, s.weights) if root)
+    text = "|".join(f"{root}={run_of(root)}" for root in (s.duplicates, s.weights) if root)
     return "-sel" + hashlib.sha1(text.encode()).hexdigest()[:8]
 
 
@@ -62,8 +63,8 @@ def _skipped(table: pa.Table, cfg: ReelForgeConfig) -> tuple[np.ndarray, dict[st
     s = cfg.selection
     ids = table["clip_id"].to_pylist()
     kept = [k is not False for k in table["keep"].to_pylist()] if "keep" in table.column_names else [True] * len(ids)
-    removed = _removed(s.duplicates, _run(s.duplicates)) if s.duplicates else frozenset()
-    weights = _weights(s.weights, _run(s.weights)) if s.weights else {}
+    removed = removed_ids(s.duplicates, run_of(s.duplicates)) if s.duplicates else frozenset()
+    weights = _weights(s.weights, run_of(s.weights)) if s.weights else {}
     skip = np.zeros(len(ids), bool)
     counts = {"duplicate": 0, "balance_cap": 0}
     for i, (cid, k) in enumerate(zip(ids, kept)):

@@ -30,7 +30,7 @@ from infra.schema import WEIGHTS_SCHEMA
 from pipelines import kmeans
 from pipelines.dedup_graph import hash_part
 from pipelines.dedup_index import DedupInputError, IndexState, plan_inputs
-from pipelines.dedup_job import grouped, map_arrow, read_parquet
+from pipelines.dedup_job import data_context, grouped, map_arrow, read_parquet, reduce_blocks
 
 log = logging.getLogger(__name__)
 
@@ -47,31 +47,22 @@ def cluster_weights(sizes: np.ndarray, power: float, cap: int | None) -> tuple[n
 
 
 # ----------------------------------------------------------------------------- batch functions
-def _rows(batch: pa.Table, only_kept: bool, s3: bool, parts: int) -> pa.Table:
-    """clip_id, keep, embedding, path -> clip_id, source, embedding, part, removed=false (kept, embedded)."""
+def _rows(batch: pa.Table, only_kept: bool, s3: bool, removed_from: tuple[str, str] | None) -> pa.Table:
+    """clip_id, keep, embedding, path -> clip_id, source, embedding of kept, embedded clips that no
+    duplicates table removes (each worker reads `removed_from`'s removed ids once, never the driver)."""
     ok = pc.is_valid(batch["embedding"])
     if only_kept:
         ok = pc.and_(ok, pc.fill_null(batch["keep"], True))
+    if removed_from:
+        gone = selection.removed_ids(*removed_from)
+        ok = pc.and_(ok, pa.array([c not in gone for c in batch["clip_id"].to_pylist()], pa.bool_()))
     b = batch.filter(ok)
-    ids = b["clip_id"].to_pylist()
     roots = [("s3://" if s3 else "") + posixpath.dirname(posixpath.dirname(p)) for p in b["path"].to_pylist()]
-    return pa.table({"clip_id": b["clip_id"], "source": pa.array(roots, pa.string()), "embedding": b["embedding"],
-                     "part": hash_part(ids, parts), "removed": np.zeros(b.num_rows, bool)})
+    return pa.table({"clip_id": b["clip_id"], "source": pa.array(roots, pa.string()), "embedding": b["embedding"]})
 
 
-def _removed_rows(batch: pa.Table, parts: int, embedding_type: pa.DataType) -> pa.Table:
-    """Duplicates rows with kept=false -> rows of the same shape with removed=true."""
-    b = batch.filter(pc.equal(batch["kept"], False))
-    n = b.num_rows
-    return pa.table({"clip_id": b["clip_id"], "source": pa.nulls(n, pa.string()),
-                     "embedding": pa.nulls(n, embedding_type), "part": hash_part(b["clip_id"].to_pylist(), parts),
-                     "removed": np.ones(n, bool)})
-
-
-def _drop_removed(batch: pa.Table) -> pa.Table:
-    gone = set(batch.filter(batch["removed"])["clip_id"].to_pylist())
-    keep = [not r and c not in gone for c, r in zip(batch["clip_id"].to_pylist(), batch["removed"].to_pylist())]
-    return batch.filter(pa.array(keep, pa.bool_())).select(["clip_id", "source", "embedding"])
+def _sizes(batch: pa.Table, k: int) -> dict:
+    return {"sizes": [np.bincount(batch["cluster"].to_numpy(), minlength=k)]}
 
 
 def _assign(batch: pa.Table, centroids: np.ndarray, parts: int) -> pa.Table:
@@ -95,23 +86,17 @@ def _write_part(batch: pa.Table, output: str, fingerprint: str, sizes: np.ndarra
 # ----------------------------------------------------------------------------- the job
 def _clips(cfg: ReelForgeConfig, parts: dict[str, dict]):
     """Kept, embedded clips of the inputs, less the duplicates selection.duplicates removes (materialized)."""
-    b = cfg.balance
+    dup = cfg.selection.duplicates
     ds = read_parquet(sorted(parts), ["clip_id", "keep", "embedding"], include_paths=True)
-    ds = map_arrow(ds, _rows, only_kept=b.only_kept, s3=storage.is_s3(next(iter(parts))), parts=b.partitions)
-    if cfg.selection.duplicates:
-        dup = read_parquet(storage.list_files(storage.join(cfg.selection.duplicates, "duplicates")), ["clip_id", "kept"])
-        dup = map_arrow(dup, _removed_rows, parts=b.partitions, embedding_type=pa.list_(pa.float16()))
-        return grouped(ds.union(dup), _drop_removed, b.partitions).materialize()
-    return ds.select_columns(["clip_id", "source", "embedding"]).materialize()
+    return map_arrow(ds, _rows, only_kept=cfg.balance.only_kept, s3=storage.is_s3(next(iter(parts))),
+                     removed_from=(dup, selection.run_of(dup)) if dup else None).materialize()
 
 
 def _fit_and_write(cfg: ReelForgeConfig, ds, n: int, output: str, fingerprint: str, done: frozenset) -> dict:
     b = cfg.balance
     centroids, history = kmeans.fit(ds, b.clusters, b.iters, b.seed, n)
     labelled = map_arrow(ds, _assign, centroids=centroids, parts=b.partitions).materialize()
-    sizes = np.zeros(len(centroids), np.int64)
-    for row in labelled.groupby("cluster").count().iter_rows():  # one row per cluster
-        sizes[int(row["cluster"])] = int(row["count()"])
+    sizes = np.sum([r["sizes"] for r in reduce_blocks(labelled, _sizes, k=len(centroids))], axis=0).astype(np.int64)
     keep, weight = cluster_weights(sizes, b.power, b.cap_per_cluster)
     written = grouped(labelled, _write_part, b.partitions, output=output, fingerprint=fingerprint, sizes=sizes,
                       keep=keep, weight=weight, done=done)
@@ -145,10 +130,7 @@ def run_balance(cfg: ReelForgeConfig, inputs: list[str], output: str) -> dict:
             log.info("balance: every partition of %s is complete; nothing to do", output)
             return manifest
     tables.open_output(cfg, output)
-    with ray_session(cfg):
-        import ray
-
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    with ray_session(cfg), data_context(cfg.balance.shuffle):
         ds = _clips(cfg, parts)
         n = ds.count()
         if not n:

@@ -79,7 +79,7 @@ def centroids_uri(output: str, run: str) -> str:
 
 def config_key(cfg: ReelForgeConfig) -> str:
     """The dedup settings an index is bound to (partitions and rounds only shape the work, not the rows)."""
-    return cfg.fingerprint("dedup", exclude=("dedup.partitions", "dedup.max_rounds"))
+    return cfg.fingerprint("dedup", exclude=("dedup.partitions", "dedup.max_rounds", "dedup.shuffle"))
 
 
 def load_state(output: str) -> IndexState:

@@ -12,6 +12,7 @@ The driver only ever holds counts, fingerprints, bucket ids and (semantic) the c
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -35,7 +36,8 @@ def read_parquet(uris: list[str], columns: list[str] | None = None, include_path
 
     fs, _ = storage.filesystem(uris[0])
     paths = [u[len("s3://"):] if storage.is_s3(u) else u for u in uris]
-    return ray.data.read_parquet(paths, filesystem=fs, columns=columns, include_paths=include_paths)
+    ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=include_paths)
+    return ds.select_columns([*columns, *(["path"] if include_paths else [])]) if columns else ds
 
 
 def map_arrow(ds, fn, **kwargs):
@@ -45,6 +47,33 @@ def map_arrow(ds, fn, **kwargs):
 def grouped(ds, fn, parts: int, **kwargs):
     """`fn` over each hash partition (column `part`): every row of a key meets in one call."""
     return ds.groupby("part", num_partitions=parts).map_groups(fn, fn_kwargs=kwargs or None, batch_format="pyarrow")
+
+
+def reduce_blocks(ds, fn, **kwargs) -> list[dict]:
+    """`fn` over each block, returning one small row each, brought to the driver (no shuffle)."""
+    return list(ds.map_batches(fn, fn_kwargs=kwargs or None, batch_format="pyarrow", batch_size=None).iter_rows())
+
+
+def _buckets(ds) -> list[int]:
+    """The distinct buckets of `ds` (at most dedup.index_buckets or clusters ints)."""
+    return sorted({int(b) for r in reduce_blocks(ds, st.distinct_buckets) for b in r["buckets"]})
+
+
+@contextlib.contextmanager
+def data_context(shuffle: str):
+    """For the block: no progress bars; `sort` shuffles run as tasks, where Ray's hash shuffle starts a
+    pool of aggregator actors per groupby (seconds each on a small cluster; worth it for huge shuffles).
+    The driver's DataContext is restored afterwards (other jobs may share the process)."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.enable_progress_bars, ctx.shuffle_strategy
+    ctx.enable_progress_bars = False
+    ctx.shuffle_strategy = "sort_shuffle_pull_based" if shuffle == "sort" else "hash_shuffle"
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars, ctx.shuffle_strategy = before
 
 
 def _empty(schema):
@@ -69,7 +98,7 @@ def perceptual(cfg: ReelForgeConfig, new, state: index.IndexState, run: str, sta
     d = cfg.dedup
     rows = map_arrow(new.select_columns(["key", "source", "phash"]), st.band_rows, bands=d.max_hamming + 1,
                      buckets=d.index_buckets, parts=d.partitions).materialize()
-    touched = sorted(rows.unique("bucket"))
+    touched = _buckets(rows)
     old = state.bucket_files("perceptual", touched)
     stats["perceptual"] = {"buckets_touched": len(touched), "index_files_read": len(old),
                            "index_files": state.total_files("perceptual")}
@@ -92,7 +121,7 @@ def semantic(cfg: ReelForgeConfig, new, state: index.IndexState, run: str, stats
     if not n:
         return None
     rows = map_arrow(emb, st.cluster_rows, centroids=centroids, parts=d.partitions).materialize()
-    touched = sorted(rows.unique("bucket"))
+    touched = _buckets(rows)
     old = state.bucket_files("semantic", touched)
     stats["semantic"] = {"clusters": len(centroids), "clusters_touched": len(touched), "index_files_read": len(old),
                          "index_files": state.total_files("semantic")}
@@ -103,30 +132,33 @@ def semantic(cfg: ReelForgeConfig, new, state: index.IndexState, run: str, stats
 
 def _fingerprint(edges) -> tuple[int, int]:
     h, n = 0, 0
-    for row in map_arrow(edges, st.fingerprint).iter_rows():  # one small row per block
+    for row in reduce_blocks(edges, st.fingerprint):
         h, n = (h + int(row["h"])) % 2**64, n + int(row["n"])
     return h, n
 
 
 def components(edges, parts: int, max_rounds: int) -> tuple[object, int]:
-    """Alternate large and small star until the edge set stops changing: then every edge is node -> root."""
+    """Alternate large and small star until neither changes the edge set: then every edge is node -> root.
+
+    Local stars are often final already; checking after each half step stops there after two shuffles.
+    """
     seen = _fingerprint(edges)
-    if seen[1] == 0:
-        return edges, 0
-    for rounds in range(1, max_rounds + 1):
-        edges = grouped(map_arrow(edges, st.both_ways, parts=parts), st.large, parts)
-        edges = grouped(map_arrow(edges, st.oriented, parts=parts), st.small, parts).materialize()
+    steps, unchanged = 0, 0
+    while seen[1] and unchanged < 2:
+        if steps == 2 * max_rounds:
+            raise RuntimeError(f"dedup: connected components did not settle in {max_rounds} rounds "
+                               "(dedup.max_rounds)")
+        prep, op = (st.both_ways, st.large) if steps % 2 == 0 else (st.oriented, st.small)
+        edges = grouped(map_arrow(edges, prep, parts=parts), op, parts).materialize()
         now = _fingerprint(edges)
-        if now == seen:
-            return edges, rounds
-        seen = now
-    raise RuntimeError(f"dedup: connected components did not settle in {max_rounds} rounds (dedup.max_rounds)")
+        steps, unchanged, seen = steps + 1, (unchanged + 1 if now == seen else 0), now
+    return edges, steps
 
 
 def resolve(cfg: ReelForgeConfig, nodes, output: str, run: str, stats: dict) -> list[dict]:
     """Components of the node rows' stars -> the duplicates table, one partition per call; their counts."""
     p = cfg.dedup.partitions
-    edges, stats["component_rounds"] = components(map_arrow(nodes, st.star_edges).materialize(), p,
+    edges, stats["component_steps"] = components(map_arrow(nodes, st.star_edges).materialize(), p,
                                                   cfg.dedup.max_rounds)
     rows = map_arrow(edges, st.resolve_rows, parts=p, final=True).union(
         map_arrow(nodes, st.resolve_rows, parts=p, final=False))
@@ -143,7 +175,7 @@ def _nodes(cfg: ReelForgeConfig, state: index.IndexState, run: str, stats: dict)
         if kind in cfg.dedup.kinds:
             ds = step(cfg, new, state, run, stats)
             ds = ds.materialize() if ds is not None else _empty(st.NODE_SCHEMA)
-            stats.setdefault(kind, {})["pairs"] = int(ds.sum("pairs") or 0) if ds.count() else 0
+            stats.setdefault(kind, {})["pairs"] = sum(int(r["pairs"]) for r in reduce_blocks(ds, st.pair_count))
             found.append(ds)
     if state.last:
         found.append(map_arrow(read_parquet(storage.list_files(state.groups_uri())), st.previous_nodes))
@@ -166,7 +198,7 @@ def _manifest(cfg: ReelForgeConfig, inputs: list[str], output: str, started: flo
               stats: dict) -> dict:
     m = {**tables.manifest_header("dedup", ",".join(inputs), output, started), "run": run, "counts": funnel,
          "index": {k: stats[k] for k in ("perceptual", "semantic", "centroids") if k in stats},
-         "component_rounds": stats.get("component_rounds", 0)}
+         "component_steps": stats.get("component_steps", 0)}
     m["throughput"] = {"clips_per_s": round(funnel["clips_read"] / m["wall_s"], 1) if m["wall_s"] else None}
     parts = len(stats["new_parts"]) + stats["skipped"]  # resume counts input parts: indexed ones are skipped
     return {**m, **tables.manifest_footer(cfg, parts, stats["skipped"], 0)}
@@ -199,10 +231,7 @@ def run_dedup(cfg: ReelForgeConfig, inputs: list[str], output: str,
     tables.open_output(cfg, output)
     stats = {"inputs": inputs, "new_parts": new_parts, "skipped": skipped}
     log.info("dedup: %d new clips parts (%d indexed before), run %s", len(new_parts), skipped, run)
-    with ray_session(cfg):
-        import ray
-
-        ray.data.DataContext.get_current().enable_progress_bars = False
+    with ray_session(cfg), data_context(cfg.dedup.shuffle):
         nodes = _nodes(cfg, state, run, stats)
         parts = resolve(cfg, nodes, output, run, stats) if nodes.count() else []
     funnel = _funnel(parts, stats, state)

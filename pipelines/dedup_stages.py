@@ -169,6 +169,14 @@ def small(batch: pa.Table) -> pa.Table:
     return _star(batch, g.small_star)
 
 
+def distinct_buckets(batch: pa.Table) -> dict:
+    return {"buckets": [np.unique(_np(batch["bucket"]))]}
+
+
+def pair_count(batch: pa.Table) -> dict:
+    return {"pairs": [int(_np(batch["pairs"]).sum()) if batch.num_rows else 0]}
+
+
 def fingerprint(batch: pa.Table) -> dict:
     return {"h": np.array([g.edges_fingerprint(_np(batch["u"]), _np(batch["v"]))], np.uint64),
             "n": np.array([batch.num_rows], np.int64)}

@@ -39,7 +39,7 @@ def write_dedup_report(output: str, manifest: dict) -> str:
              for k, v in d.items()]
     body = (f"<h2>Dedup funnel</h2>{table_html(('', 'count'), rows, '')}{_img(dedup_funnel_chart(c, output), 'funnel')}"
             f"<h2>Index</h2><p>Run {manifest['run']}; connected components settled in "
-            f"{manifest['component_rounds']} rounds.</p>{table_html(('', ''), index, 'no index read')}")
+            f"{manifest['component_steps']} star steps.</p>{table_html(('', ''), index, 'no index read')}")
     uri = storage.join(output, "report", "index.html")
     storage.write_text(uri, page("Dedup report", output, body))
     return uri

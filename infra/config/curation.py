@@ -37,6 +37,7 @@ class DedupJobConfig(_Section):
     partitions: int = Field(8, ge=1, description="hash partitions of every shuffle and of the duplicates table")
     max_rounds: int = Field(40, ge=1, description="connected-components rounds before giving up")
     only_kept: bool = True  # skip clips curate dropped (keep=false)
+    shuffle: Literal["sort", "hash"] = "sort"  # Ray Data's groupby: sort (tasks) or hash (aggregator actors)
 
     @field_validator("kinds")
     @classmethod
@@ -57,6 +58,7 @@ class BalanceConfig(_Section):
     seed: int = 0
     partitions: int = Field(8, ge=1, description="hash partitions of the weights table")
     only_kept: bool = True
+    shuffle: Literal["sort", "hash"] = "sort"
 
 
 class SelectionConfig(_Section):

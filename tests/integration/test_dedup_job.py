@@ -21,7 +21,7 @@ from pipelines.dedup_job import run_dedup
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-D = 16
+D = 32
 
 
 class World:
@@ -31,7 +31,10 @@ class World:
         rng = np.random.default_rng(seed)
         self.ids = np.array([f"v{seed}{i:07d}-0000000" for i in range(n)])
         self.bits = rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) << np.uint64(1)
-        self.emb = rng.standard_normal((n, D)).astype(np.float32) if semantic else None
+        # Embeddings around 6 concepts (as real ones cluster): k-means finds them, so no planted pair
+        # sits on a cluster boundary (a pair split across clusters is missed, by design, as in NeMo).
+        concept = np.eye(6, D, dtype=np.float32)[rng.integers(0, 6, n)] * 4
+        self.emb = (concept + rng.standard_normal((n, D))).astype(np.float32) if semantic else None
         self.dur = rng.uniform(1, 5, n).round(3)
         self.src = rng.choice(n // 2, planted, replace=False)
         self.dst = n // 2 + rng.choice(n // 2, planted, replace=False)
@@ -39,7 +42,7 @@ class World:
         if semantic:  # half of the planted pairs are semantic only: their hashes stay far apart
             sem = self.dst[: planted // 2]
             self.bits[sem] = rng.integers(0, 2**63, len(sem), dtype=np.int64).astype(np.uint64)
-            self.emb[self.dst] = self.emb[self.src] + 0.02 * rng.standard_normal((planted, D)).astype(np.float32)
+            self.emb[self.dst] = self.emb[self.src] + 0.003 * rng.standard_normal((planted, D)).astype(np.float32)
 
     def write(self, root: str, rows: np.ndarray, parts: int = 2) -> str:
         for j, idx in enumerate(np.array_split(rows, parts)):

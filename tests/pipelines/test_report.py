@@ -126,7 +126,7 @@ def test_report_renders_in_headless_chromium(curated, tmp_path, cli_env):
     assert set(loaded) == set(srcs) and all(v != "ERR" and int(v) > 50 for v in loaded.values()), loaded
 
 
-DEDUP_MANIFEST = {"job": "dedup", "run": "00001-abc", "component_rounds": 2,
+DEDUP_MANIFEST = {"job": "dedup", "run": "00001-abc", "component_steps": 2,
                   "counts": {"inputs": 1, "parts_new": 1, "parts_skipped": 6, "clips_read": 50, "dataset_clips": 1200,
                              "pairs": {"perceptual": 3, "semantic": 5}, "clips_in_groups": 120, "groups": 60,
                              "removed": 60, "removed_by_kind": {"perceptual": 30, "semantic": 60},
