@@ -3,8 +3,9 @@
 Lloyd's algorithm with the centroids broadcast to every task: each block returns its clusters'
 partial sums and counts (k x D, small) and the driver adds them up, so the driver never holds the
 embeddings. Embeddings and centroids are L2-normalised; the nearest centroid is the highest cosine.
-Initial centroids are the k rows with the smallest seeded hash of their clip_id: a deterministic
-sample that only needs a filter, never a sort or a shuffle.
+Initial centroids: greedy k-means++ (as scikit-learn's: the best of 2 + log k D²-sampled candidates
+per step) over a seeded sample of max(4096, 16 k) rows, drawn by a hash of each clip_id: a filter,
+never a sort or a shuffle, and the only rows that reach the driver.
 """
 
 from __future__ import annotations
@@ -47,6 +48,22 @@ def partial_sums(e: np.ndarray, centroids: np.ndarray) -> tuple[np.ndarray, np.n
     return sums, np.bincount(labels, minlength=k)
 
 
+def kmeans_pp(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k rows of unit vectors `x` spread by greedy k-means++ (|a - b|^2 = 2 - 2 cos for unit vectors)."""
+    rng = np.random.default_rng(seed)
+    trials = 2 + int(np.log(k))
+    first = int(rng.integers(len(x)))
+    picked, d2 = [first], np.maximum(0.0, 2 - 2 * x @ x[first])
+    for _ in range(1, k):
+        total = d2.sum()
+        cand = rng.choice(len(x), trials, p=d2 / total) if total > 0 else rng.choice(len(x), trials)
+        cd2 = np.maximum(0.0, 2 - 2 * x @ x[cand].T)  # (n, trials)
+        best = int(np.argmin(np.minimum(d2[:, None], cd2).sum(axis=0)))
+        picked.append(int(cand[best]))
+        d2 = np.minimum(d2, cd2[:, best])
+    return x[picked].astype(np.float32)
+
+
 def update(centroids: np.ndarray, sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """New unit centroids; an empty cluster keeps its old centroid."""
     new = np.where(counts[:, None] > 0, sums, centroids)
@@ -66,18 +83,18 @@ def _sums_batch(batch: pa.Table, centroids: np.ndarray) -> dict:
 
 
 def initial_centroids(ds, k: int, seed: int, n: int) -> np.ndarray:
-    """k rows of `ds` (columns clip_id, embedding) with the smallest seeded draw; fewer when n < k."""
+    """k centroids (fewer when n < k) by greedy k-means++ over a seeded sample of `ds` (clip_id, embedding)."""
     want = min(k, n)
-    frac = min(1.0, 8.0 * want / max(n, 1))
+    frac = min(1.0, max(4096, 16 * want) / max(n, 1))
     while True:
         sample = ds.map_batches(_sample_batch, fn_kwargs={"seed": seed, "frac": frac}, batch_format="pyarrow")
-        rows = sample.take_all()  # about 8k rows: bounded by the config, not by the data
+        rows = sample.take_all()  # about max(4096, 16 k) rows: bounded by the config, not by the data
         if len(rows) >= want or frac >= 1.0:
             break
         frac = min(1.0, frac * 4)
     rows.sort(key=lambda r: r["draw"])
-    e = np.stack([np.asarray(r["embedding"], np.float32) for r in rows[:want]])
-    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+    e = np.stack([np.asarray(r["embedding"], np.float32) for r in rows])
+    return kmeans_pp(e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12), want, seed)
 
 
 def fit(ds, k: int, iters: int, seed: int, n: int) -> tuple[np.ndarray, list[float]]:

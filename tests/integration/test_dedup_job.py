@@ -127,4 +127,5 @@ def test_the_driver_never_holds_all_hashes(ray_local, tmp_path):
     naive_peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert sum(d is not None for d in dup) == 400
+    print(f"driver peak: job {job_peak / 2**20:.1f} MiB, one process {naive_peak / 2**20:.1f} MiB")
     assert job_peak < naive_peak / 4, (job_peak, naive_peak)

@@ -86,8 +86,12 @@ def test_duplicates_table_keeps_the_best_of_each_group():
 def test_kmeans_steps_recover_separated_clusters():
     rng = np.random.default_rng(2)
     centres = np.eye(4, 16, dtype=np.float32)
-    e = np.concatenate([c + 0.05 * rng.standard_normal((50, 16)) for c in centres]).astype(np.float32)
+    e = np.concatenate([c + 0.05 * rng.standard_normal((170, 16)) for c in centres]).astype(np.float32)
     e /= np.linalg.norm(e, axis=1, keepdims=True)
+    sizes = [170, 20, 6, 4]  # a dominant concept and rare ones: k-means++ still seeds one in each
+    skewed = np.concatenate([e[i * 170 : i * 170 + n] for i, n in enumerate(sizes)])
+    assert sorted(np.bincount(kmeans.nearest(skewed, kmeans.kmeans_pp(skewed, 4, seed=0)))) == sorted(sizes)
+    e = e[np.r_[0:50, 170:220, 340:390, 510:560]]
     c = e[[0, 50, 100, 150]] + 0.2 * rng.standard_normal((4, 16)).astype(np.float32)
     for _ in range(3):
         c = kmeans.update(c, *kmeans.partial_sums(e, c))
