@@ -113,20 +113,23 @@ def print_precompute_summary(out: Console, manifest: dict) -> None:
 def print_dedup_summary(out: Console, manifest: dict) -> None:
     c = manifest["counts"]
     t = Table(title=f"dedup -> {manifest['output']}", show_header=False, box=None)
-    t.add_row("clips parts", f"{c['parts_new']} new, {c['parts_skipped']} indexed before (skipped)")
+    r = manifest["resume"]
+    t.add_row("clips parts", f"{r['processed']} new, {r['skipped_complete']} indexed before (skipped)")
     t.add_row("clips read", str(c["clips_read"]))
     t.add_row("clips in the dataset", str(c["dataset_clips"]))
     t.add_row("duplicate groups", f"{c['groups']} ({c['clips_in_groups']} clips)")
     t.add_row("removed", str(c["removed"]))
+    kinds = manifest.get("config", {}).get("dedup", {}).get("kinds", list(c["removed_by_kind"]))
     for kind, n in c["removed_by_kind"].items():
-        t.add_row(f"  linked by {kind}", str(n))
+        if kind in kinds:
+            t.add_row(f"  linked by {kind}", str(n))
     t.add_row("kept", str(c["dataset_kept"]))
     for kind, d in manifest.get("index", {}).items():
         if isinstance(d, dict) and "index_files" in d:
             t.add_row(f"index ({kind})", f"read {d['index_files_read']} of {d['index_files']} files")
     t.add_row("wall time", f"{manifest['wall_s']:.1f} s")
-    if manifest["resume"]["processed"] == 0:
-        t.add_row("resume", "every input part was indexed already: nothing to do")
+    if r["processed"] == 0:
+        t.add_row("resume", f"every input part was indexed already (run {manifest['run']}): nothing to do")
     out.print(t)
 
 

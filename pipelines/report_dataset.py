@@ -11,7 +11,12 @@ from infra import storage
 from pipelines.report import _img, _pyplot, _save, page, table_html
 
 
-def dedup_funnel_chart(counts: dict, output: str) -> str:
+def _kinds(manifest: dict) -> list[str]:
+    """The kinds the run was configured with (all in the counts when the manifest has no config)."""
+    return manifest.get("config", {}).get("dedup", {}).get("kinds") or list(manifest["counts"]["removed_by_kind"])
+
+
+def dedup_funnel_chart(counts: dict, kinds: list[str], output: str) -> str:
     plt = _pyplot()
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.2))
     names = ["clips", "in groups", "groups", "removed", "kept"]
@@ -21,8 +26,8 @@ def dedup_funnel_chart(counts: dict, output: str) -> str:
     for i, v in enumerate(vals[::-1]):
         a.text(v, i, f" {v}", va="center")
     a.set_title("dedup funnel (every indexed output)")
-    kinds = counts["removed_by_kind"]
-    b.barh(list(kinds)[::-1], list(kinds.values())[::-1], color="#c0504d")
+    removed = [counts["removed_by_kind"][k] for k in kinds]
+    b.barh(kinds[::-1], removed[::-1], color="#c0504d")
     b.set_title("clips removed, by what linked them")
     return _save(fig, output, "dedup_funnel.png")
 
@@ -33,11 +38,12 @@ def write_dedup_report(output: str, manifest: dict) -> str:
             ("clips parts skipped (indexed before)", c["parts_skipped"]), ("clips read this run", c["clips_read"]),
             ("clips in the dataset", c["dataset_clips"]), ("clips in duplicate groups", c["clips_in_groups"]),
             ("groups", c["groups"]), ("clips removed", c["removed"]), ("clips kept", c["dataset_kept"])]
-    rows += [(f"pairs found this run: {k}", v) for k, v in c["pairs"].items()]
-    rows += [(f"removed, linked by {k}", v) for k, v in c["removed_by_kind"].items()]
+    kinds = _kinds(manifest)
+    rows += [(f"pairs found this run: {k}", c["pairs"][k]) for k in kinds]
+    rows += [(f"removed, linked by {k}", c["removed_by_kind"][k]) for k in kinds]
     index = [(f"{kind}: {k}", v) for kind, d in manifest.get("index", {}).items() if isinstance(d, dict)
              for k, v in d.items()]
-    body = (f"<h2>Dedup funnel</h2>{table_html(('', 'count'), rows, '')}{_img(dedup_funnel_chart(c, output), 'funnel')}"
+    body = (f"<h2>Dedup funnel</h2>{table_html(('', 'count'), rows, '')}{_img(dedup_funnel_chart(c, kinds, output), 'funnel')}"
             f"<h2>Index</h2><p>Run {manifest['run']}; connected components settled in "
             f"{manifest['component_steps']} star steps.</p>{table_html(('', ''), index, 'no index read')}")
     uri = storage.join(output, "report", "index.html")
