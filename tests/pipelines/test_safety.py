@@ -4,6 +4,7 @@ draws and encodes, the synthetic world's clips, and the `max_nsfw` filter's "uns
 from __future__ import annotations
 
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import cv2
@@ -18,6 +19,7 @@ from pipelines.filters import apply_filters, drop_counts
 from pipelines.measures.safety import SafetyMeasure, model_path
 
 FPS = 8
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -91,3 +93,27 @@ def test_every_clip_of_the_synthetic_world_passes(measure, tmp_path):
         scores += [r["nsfw_score"] for r in measure.measure(anchors)]
     threshold = load_config(None).curate.filters.max_nsfw
     assert len(scores) > 30 and max(scores) < threshold, max(scores)
+
+
+@pytest.mark.slow
+def test_curate_drops_the_figure_as_unsafe_and_never_pictures_it(ray_local, s3_bucket, tmp_path):
+    """The safety actor stage on Ray, every table on S3: the drawn figure's clip is dropped as unsafe,
+    the plain clip is kept, and the report lists the first without a thumbnail."""
+    from infra import storage
+    from pipelines.runner import run_curate
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _encode(src / "figure.mp4", [np.roll(drawn_figure(), i, axis=1) for i in range(16)]
+            + [np.full((160, 160, 3), (40, 90, 200), np.uint8)] * 16)
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["safety.enabled=true", "curate.filters.max_nsfw=0.3",
+                                                      "curate.measures.text=false"])
+    out = f"{s3_bucket}/cur"
+    m = run_curate(cfg, str(src), out)
+    clips = storage.read_table(f"{out}/clips").to_pylist()
+    assert m["counts"]["dropped_by_reason"].get("unsafe") == 1 and len(clips) == 2
+    unsafe = next(c for c in clips if c["drop_reason"] == "unsafe")
+    assert unsafe["nsfw_score"] > 0.3 and all(c["keep"] for c in clips if c is not unsafe)
+    page = storage.read_text(f"{out}/report/index.html")
+    thumbs = storage.list_files(f"{out}/report/thumbs")
+    assert f"{unsafe['clip_id']} (nsfw" in page and not any(unsafe["clip_id"] in t for t in thumbs) and thumbs
