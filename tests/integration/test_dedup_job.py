@@ -63,9 +63,12 @@ def _removed(table: pa.Table) -> set[str]:
     return {c for c, k in zip(table["clip_id"].to_pylist(), table["kept"].to_pylist()) if not k}
 
 
+DEDUP_SETS = ["dedup.kinds=[perceptual,semantic]", "dedup.clusters=6", "dedup.kmeans_iters=3", "dedup.partitions=2",
+              "dedup.index_buckets=64"]
+
+
 def _cfg(*sets):
-    return load_config(ROOT / "configs" / "tiny.yaml", ["dedup.kinds=[perceptual,semantic]", "dedup.clusters=6",
-                                                         "dedup.partitions=4", "dedup.index_buckets=64", *sets])
+    return load_config(ROOT / "configs" / "tiny.yaml", [*DEDUP_SETS, *sets])
 
 
 def test_dedup_across_outputs_then_an_increment_then_resume(ray_local, s3_bucket, cli_env):
@@ -97,8 +100,7 @@ def test_dedup_across_outputs_then_an_increment_then_resume(ray_local, s3_bucket
 
     # Re-running resumes: every input part is indexed, nothing is recomputed, the table is unchanged.
     res = subprocess.run([sys.executable, "-m", "infra.cli", "dedup", "--input", late_out, "--output", dst,
-                          "--config", "configs/tiny.yaml", "--set", "dedup.kinds=[perceptual,semantic]",
-                          "--set", "dedup.clusters=6", "--set", "dedup.partitions=4", "--set", "dedup.index_buckets=64"],
+                          "--config", "configs/tiny.yaml", *[a for s in DEDUP_SETS for a in ("--set", s)]],
                          cwd=ROOT, env=cli_env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "nothing to do" in res.stdout and storage.read_table(f"{dst}/duplicates").equals(dup2)
@@ -114,7 +116,7 @@ def _partner(w: World, clip: str) -> str:
 def test_the_driver_never_holds_all_hashes(ray_local, tmp_path):
     w = World(200_000, seed=7, planted=400, semantic=False)
     outs = [w.write(str(tmp_path / f"curate{i}"), rows) for i, rows in enumerate(np.array_split(np.arange(200_000), 3))]
-    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["dedup.partitions=4"])
+    cfg = load_config(ROOT / "configs" / "tiny.yaml", ["dedup.partitions=2"])
     tracemalloc.start()
     m = run_dedup(cfg, outs, str(tmp_path / "dedup"))
     job_peak = tracemalloc.get_traced_memory()[1]
