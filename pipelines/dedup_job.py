@@ -7,7 +7,8 @@
    by cosine. Each partition writes this run's index rows and returns the pairs' local stars.
 3. Connected components over all partitions' stars and the last run's groups (large/small star).
 4. One duplicates partition per hash of clip_id: the best clip of each group (dedup.score) kept.
-The driver only ever holds counts, fingerprints, bucket ids and (semantic) the centroids.
+The driver only ever holds counts, fingerprints, bucket ids and (semantic) the centroids and the
+bounded k-means++ sample (kmeans.py); every row of data stays in Ray's object store and workers.
 """
 
 from __future__ import annotations
