@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 
 from captioning.prompts import DEFAULT_PROMPT, PROMPTS, template_fields
 from captioning.resolve import TINY, placeholder_warning, resolve_model
-from infra import storage, tables
+from infra import selection, storage, tables
 from infra.config import CaptionConfig, ReelForgeConfig
 from infra.runtime import ray_when_needed
 
@@ -237,7 +237,7 @@ def _caption_pending(cfg: ReelForgeConfig, pending: list[tables.Partition], mode
     extra = [*template_fields(_stage_kwargs(cfg, model_path)["prompt"]), *cfg.caption.score_suffix]
     rows, expected = [], {}
     for p in pending:
-        part_rows = _work_rows(storage.read_table(p.uris[0]), p.pid, extra)
+        part_rows = _work_rows(selection.unselect(storage.read_table(p.uris[0]), cfg), p.pid, extra)
         if part_rows:
             rows += part_rows
             expected[p.pid] = len(part_rows)
@@ -274,7 +274,7 @@ def run_caption(cfg: ReelForgeConfig, clips_root: str, output: str | None = None
         if placeholder:
             placeholder_warning(name)
         section = {k: v for k, v in cfg.caption.model_dump(mode="json").items() if k not in _RESOURCE_KEYS}
-        base = hashlib.sha1(json.dumps(section, sort_keys=True).encode()).hexdigest()
+        base = hashlib.sha1(json.dumps(section, sort_keys=True).encode()).hexdigest() + selection.identity(cfg)
         fingerprints = {p.pid: _fingerprint(base, ident) for p, ident in parts}
         markers = tables.completed(output, [p for p, _ in parts], fingerprints)
         pending = [p for p, _ in parts if p.pid not in markers]

@@ -1,6 +1,6 @@
 """`reelforge`: the single command line. Each subcommand loads the config and calls one library function.
 
-The subcommands live in cli_data (curate ... demo-data, config show), cli_train (train-vae ... eval,
+The subcommands live in cli_data (curate, dedup, balance ... demo-data, config show), cli_train (train-vae ... eval,
 train-captioner) and cli_ops (submit, jobs, demo); they are registered below, in the order `--help`
 lists them (the order of the flow), and share cli_common (consoles, options, config loading, errors).
 """
@@ -44,6 +44,8 @@ def _main(
 
 
 app.command()(cli_data.curate)
+app.command()(cli_data.dedup)
+app.command()(cli_data.balance)
 app.command()(cli_data.caption)
 app.command()(cli_data.precompute)
 app.command("train-vae")(cli_train.train_vae)

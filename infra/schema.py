@@ -59,15 +59,42 @@ CLIP_MEASURE_FIELDS = [
     ("aesthetic", pa.float64()),  # open_clip + linear/MLP head score, when weights are given
     ("embedding", pa.list_(pa.float16())),  # L2-normalised open_clip image embedding, for dedup
     ("phash", pa.string()),  # 64-bit perceptual hash of the sampled frames, 16 hex digits
+    ("nsfw_score", pa.float64()),  # highest NudeNet unsafe-class score over the sampled frames (safety)
 ]
 # Decisions: rewritten at the end of every curate job and by `curate --refilter`.
 CLIP_DECISION_FIELDS = [
     ("dup_of", pa.string()),  # clip_id of the kept clip this one duplicates
     ("keep", pa.bool_()),
-    ("drop_reason", pa.string()),  # the first failing filter's key, or "duplicate"
+    ("drop_reason", pa.string()),  # the first failing filter's key, "unsafe" (max_nsfw) or "duplicate"
     ("clip_uri", pa.string()),  # the materialized mp4, when curate.materialize.enabled
 ]
 CLIPS_SCHEMA = pa.schema(CLIP_CORE_FIELDS + CLIP_MEASURE_FIELDS + CLIP_DECISION_FIELDS)
+
+# ----------------------------------------------------------------------------- dataset-scale curation
+# `reelforge dedup`: one row per clip in a near-duplicate group, across every indexed curate output.
+DUPLICATES_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("group_id", pa.string()),  # the clip_id of the group's kept clip
+        ("kept", pa.bool_()),  # false: caption and precompute skip it (selection.duplicates)
+        ("kind", pa.string()),  # what linked it: "perceptual", "semantic" or "perceptual+semantic"
+        ("source", pa.string()),  # the curate output root it came from
+        ("score", pa.float64()),  # dedup.score's value (duration, sharpness or aesthetic); null: none
+        ("rank_key", pa.string()),  # sortable (score desc, clip_id): the smallest in a group is kept
+        ("group_key", pa.string()),  # the kept clip's rank_key
+    ]
+)
+# `reelforge balance`: one row per clip it clustered.
+WEIGHTS_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("cluster", pa.int32()),  # k-means cluster of its embedding (a concept)
+        ("cluster_size", pa.int64()),  # clips in the cluster before the cap
+        ("sample_weight", pa.float64()),  # training sampler weight, mean 1 over the clips kept after the cap
+        ("keep_prob", pa.float64()),  # min(1, cap / cluster_size): joins precompute's keep draw
+        ("source", pa.string()),
+    ]
+)
 
 # ----------------------------------------------------------------------------- failures
 FAILURES_SCHEMA = pa.schema(
@@ -120,6 +147,7 @@ LATENTS_SCHEMA = pa.schema(
         ("height", pa.int32()),
         ("width", pa.int32()),
         ("num_frames", pa.int32()),
+        ("sample_weight", pa.float64()),  # from selection.weights (reelforge balance); null: none given
     ]
 )
 

@@ -266,13 +266,23 @@ def delete(uri: str) -> None:
         with_retries(lambda: fs.delete_file(path), f"delete {uri}")
 
 
-def list_files(uri: str, recursive: bool = True) -> list[str]:
-    """Sorted URIs of the files under a directory or prefix (symlink loops are not followed)."""
+def _file_infos(uri: str, recursive: bool) -> list[tuple[str, pafs.FileInfo]]:
     fs, path = filesystem(uri)
     selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=True)
     infos = with_retries(lambda: fs.get_file_info(selector), f"list {uri}")
     prefix = "s3://" if is_s3(uri) else ""
-    return sorted(prefix + i.path for i in infos if i.type == pafs.FileType.File)
+    return [(prefix + i.path, i) for i in infos if i.type == pafs.FileType.File]
+
+
+def list_files(uri: str, recursive: bool = True) -> list[str]:
+    """Sorted URIs of the files under a directory or prefix (symlink loops are not followed)."""
+    return sorted(u for u, _ in _file_infos(uri, recursive))
+
+
+def file_identities(uri: str, recursive: bool = False) -> dict[str, str]:
+    """{file URI: "size:mtime"} under a directory or prefix: what changes when a file is rewritten."""
+    infos = sorted(_file_infos(uri, recursive), key=lambda x: x[0])
+    return {u: f"{i.size}:{i.mtime.timestamp() if i.mtime else 0:.6f}" for u, i in infos}
 
 
 def size(uri: str) -> int:

@@ -14,14 +14,15 @@ from collections.abc import Callable
 
 import numpy as np
 
-from infra import storage, tables
+from infra import selection, storage, tables
 from infra.config import ReelForgeConfig
 from infra.runtime import ray_when_needed
 from infra.schema import LATENTS_SCHEMA, table_from_rows
 from pipelines import precompute
 
 log = logging.getLogger(__name__)
-_CLIP_COLS = ["clip_id", "uri", "start_frame", "end_frame", "fps", "width", "height", "num_frames", "caption", "keep"]
+_CLIP_COLS = ["clip_id", "uri", "start_frame", "end_frame", "fps", "width", "height", "num_frames", "caption", "keep",
+              "sample_weight"]
 
 
 class PrecomputeError(ValueError):
@@ -46,8 +47,10 @@ def plan_clips(cfg: ReelForgeConfig, clips_root: str) -> tuple[list[dict], dict[
     buckets = precompute.make_buckets(p.resolutions, p.frame_counts, p.aspect_ratios,
                                       multiple=spatial * 2, temporal=temporal)
     dropped: dict[str, int] = collections.Counter()
+    selected, skipped = selection.apply(table, cfg)  # selection.duplicates / selection.weights
+    dropped.update(skipped)
     rows = []
-    for r in sorted(table.select([c for c in _CLIP_COLS if c in table.column_names]).to_pylist(),
+    for r in sorted(selected.select([c for c in _CLIP_COLS if c in selected.column_names]).to_pylist(),
                     key=lambda r: r["clip_id"]):
         if r.get("keep") is False:
             dropped["not_kept"] += 1
@@ -66,7 +69,7 @@ def plan_clips(cfg: ReelForgeConfig, clips_root: str) -> tuple[list[dict], dict[
             continue
         ws, we = precompute.frame_window(r["start_frame"], r["end_frame"], bucket.frames, p.frame_stride)
         latent = bucket.latent_shape(temporal, spatial)
-        rows.append({**{k: r.get(k) for k in ("clip_id", "uri", "fps", "caption")}, "win_start": ws,
+        rows.append({**{k: r.get(k) for k in ("clip_id", "uri", "fps", "caption", "sample_weight")}, "win_start": ws,
                      "win_end": we, "b_frames": bucket.frames, "b_height": bucket.height, "b_width": bucket.width,
                      "stride": p.frame_stride, "est_bytes": 2 * 16 * int(np.prod(latent)) + 8192})
     return rows, dict(dropped), table.num_rows
@@ -132,7 +135,7 @@ def run_precompute(cfg: ReelForgeConfig, clips_root: str, output: str,
     tables.configure_storage(cfg)
     rows, dropped, n_clips = plan_clips(cfg, clips_root)
     shards = plan_shards(rows, cfg.precompute.shard_rows, cfg.precompute.shard_bytes)
-    fingerprint = cfg.fingerprint("precompute")
+    fingerprint = cfg.fingerprint("precompute") + selection.identity(cfg)
     plan = [tables.Partition(pid, tuple(r["clip_id"] for r in s)) for pid, s in shards]
     markers = tables.completed(output, plan, fingerprint)
     pending = [(pid, s) for pid, s in shards if pid not in markers]

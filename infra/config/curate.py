@@ -60,6 +60,7 @@ class FiltersConfig(_Section):
     max_washed_ratio: float | None = 0.5
     max_text_ratio: float | None = None
     min_aesthetic: float | None = None
+    max_nsfw: float | None = 0.5  # drop_reason "unsafe"; scores come from the `safety` section's measure
 
 
 class DedupConfig(_Section):
