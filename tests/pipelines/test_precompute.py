@@ -12,8 +12,13 @@ def test_buckets_cover_both_orientations_and_round_sides():
     assert (64, 64) in sizes and (48, 80) in sizes and (80, 48) in sizes
     assert all(b.height % 16 == 0 and b.width % 16 == 0 for b in bs)
     assert {b.frames for b in bs} == {9, 17}
-    with pytest.raises(ValueError, match="1 \\+ k"):
-        make_buckets([64], [10], ["1:1"])
+    # frame counts follow the VAE's rule, 1 + k*temporal: off-rule counts round down to a valid one
+    assert {b.frames for b in make_buckets([64], [10, 17], ["1:1"])} == {9, 17}
+    assert {b.frames for b in make_buckets([64], [17, 33], ["1:1"], temporal=6)} == {13, 31}  # Mochi: 6k+1
+    assert {b.frames for b in make_buckets([64], [17, 33], ["1:1"], temporal=8)} == {17, 33}  # LTX-Video: 8k+1
+    assert {b.frames for b in make_buckets([64], [1, 5], ["1:1"], temporal=1)} == {1, 5}  # image VAEs: any
+    with pytest.raises(ValueError, match=">= 1"):
+        make_buckets([64], [0], ["1:1"])
 
 
 def test_assign_picks_largest_fitting_bucket_without_upscaling():
