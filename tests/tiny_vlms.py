@@ -70,8 +70,12 @@ def _text(tok, **kw) -> dict:
 
 def _save(out, model, processor, tokenizer) -> str:
     out = Path(out)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    gen = model.generation_config
+    gen.pad_token_id, gen.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+    # a random model would often stop at once or emit markup: a few plain tokens make a caption
+    gen.min_new_tokens = 3
+    gen.suppress_tokens = [i for i, t in tokenizer.added_tokens_decoder.items()
+                           if t.special and i != tokenizer.eos_token_id]
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return str(out)
