@@ -11,6 +11,12 @@ from pathlib import Path
 
 import torch
 
+TINY_CLIP = {  # a 1-layer open_clip model config (open_clip.add_model_config reads it from a .json file)
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+
 # family -> (diffusers class, tiny config, frames a clip takes (1 + k * temporal), temporal, spatial)
 VAE_FAMILIES = {
     "wan": ("AutoencoderKLWan", dict(base_dim=8, z_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=1,

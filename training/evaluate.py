@@ -93,7 +93,8 @@ def sample_and_score(cfg, checkpoint: str, out_dir: Path | None = None, batch: i
     meta = checkpoint_meta(checkpoint)
     vae_spec = meta.get("vae") or cfg.precompute.vae
     text_spec = meta.get("text_encoder") or cfg.precompute.text_encoder
-    refuse_random_models(vae_spec, text_spec, "eval", cfg.eval.allow_random_weights)
+    notes = refuse_random_models(vae_spec, text_spec, "eval", cfg.eval.allow_random_weights)
+    clip, clip_notes = _clip_for_eval(cfg)  # a missing or refused scorer fails here, before any sampling
     dit = load_checkpoint_for_sampling(checkpoint)
     vae, norm = load_decoding_vae(vae_spec, meta)
     text_encoder = build_text_encoder(text_spec)
@@ -106,11 +107,11 @@ def sample_and_score(cfg, checkpoint: str, out_dir: Path | None = None, batch: i
                                     latent_norm=norm).numpy())
     checks = [check_video(v, w.colors, w.shape_colors) for v in videos]
     report = {"prompts": len(prompts), "accuracy": score(checks, [p["attributes"] for p in prompts]),
-              "per_prompt": [{**p, "checked": c} for p, c in zip(prompts, checks)], "clip_score": None}
+              "per_prompt": [{**p, "checked": c} for p, c in zip(prompts, checks)], "clip_score": None,
+              "random_weights": notes + clip_notes}
     if out_dir is not None:
         for i, v in enumerate(videos):
             write_mp4(v, out_dir / f"eval-{i:03d}.mp4", fps=s.fps)
-    clip = _clip_for_eval(cfg)
     if clip:
         from training.models.clip import ClipScorer
 
@@ -119,43 +120,17 @@ def sample_and_score(cfg, checkpoint: str, out_dir: Path | None = None, batch: i
     return report
 
 
-def _clip_for_eval(cfg) -> tuple[str, str | None] | None:
-    """(open_clip model, pretrained) of eval.clip_model, else of caption.clip_model; a random one is refused
-    unless eval.allow_random_weights."""
+def _clip_for_eval(cfg) -> tuple[tuple[str, str | None] | None, list[str]]:
+    """(open_clip model, pretrained) of eval.clip_model, else of caption.clip_model (None: no CLIP score),
+    and its random-weights note; a random one is refused unless eval.allow_random_weights."""
     from training.models.clip import check_clip, is_random_clip
     from training.models.hub import random_note, refuse_random
 
     e, c = cfg.eval, cfg.caption
     name, pretrained = (e.clip_model, e.clip_pretrained) if e.clip_model else (c.clip_model, c.clip_pretrained)
     if not name:
-        return None
-    refuse_random([random_note("CLIP scorer", name)] if is_random_clip(name, pretrained) else [], "eval",
-                  e.allow_random_weights)
+        return None, []
+    notes = refuse_random([random_note("CLIP scorer", name)] if is_random_clip(name, pretrained) else [], "eval",
+                          e.allow_random_weights)
     check_clip(name, pretrained)
-    return name, pretrained
-
-
-def run_eval(cfg, checkpoint: str | None = None, vae: str | None = None, clips: str | None = None,
-             output: str | None = None, max_clips: int = 16) -> dict:
-    """`reelforge eval`: held-out prompt accuracy of a DiT checkpoint and/or VAE PSNR/SSIM on clips."""
-    if not checkpoint and not (vae and clips):
-        raise ValueError("give --checkpoint, or --vae with --clips (or all three)")
-    started = time.time()
-    out_dir = Path(output) if output else None
-    report: dict = {"checkpoint": checkpoint, "vae": vae, "clips": clips}
-    if checkpoint:
-        report["sample"] = sample_and_score(cfg, checkpoint, out_dir)
-    if vae and clips:
-        from training.models.vae import load_vae
-
-        v = cfg.train.vae
-        model = load_vae(vae).eval()
-        tc = model.temporal_compression
-        frames = 1 + (v.num_frames - 1) // tc * tc  # causal VAE: 1 + k * its temporal compression
-        report["reconstruction"] = vae_metrics(model, eval_clips(clips)[:max_clips], frames, v.height, v.width)
-    report["wall_s"] = round(time.time() - started, 2)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
-    return report
-
+    return (name, pretrained), notes

@@ -59,7 +59,7 @@ def test_sample_eval_and_curate_refuse_random_models():
     with pytest.raises(RandomWeightsRefused, match="eval.allow_random_weights"):
         _clip_for_eval(load_config(None, ["caption.clip_model=ViT-B-32"]))  # eval falls back to caption's model
     assert _clip_for_eval(load_config(None, ["eval.clip_model=ViT-B-32", "eval.allow_random_weights=true"])) == \
-        ("ViT-B-32", None)
+        (("ViT-B-32", None), ["CLIP SCORER 'ViT-B-32' IS RANDOMLY INITIALISED: ITS OUTPUTS MEAN NOTHING"])
     with pytest.raises(RandomWeightsRefused, match="curate.measures.allow_random_weights"):
         models_at_start(load_config(None, ["curate.measures.clip_model=ViT-B-32"]).curate.measures)
 
@@ -91,3 +91,22 @@ def test_cli_says_it_in_one_message_with_exit_code_2(cli_env, tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr + res.stdout
     err = " ".join(res.stderr.split())
     assert "cannot load VAE 'reelforge-tests/no-vae'" in err and "HF_HUB_OFFLINE" in err and "hf download" in err
+
+
+@pytest.mark.parametrize("preset", ["single-gpu.yaml", "cluster.yaml"])
+def test_presets_name_real_models_that_fit_and_refuse_random_weights(preset, monkeypatch):
+    from pipelines.runner_precompute import models_at_start
+    from training.models.text import is_random_text_encoder
+    from training.models.vae import is_random_vae
+
+    cfg = load_config(ROOT / "configs" / preset)
+    p = cfg.precompute
+    assert p.vae.startswith("diffusers:Wan-AI/") and p.text_encoder.startswith("hf:Wan-AI/")  # one pipeline's pair
+    assert p.vae.split(":")[1] == p.text_encoder.split(":")[1] and cfg.caption.model.startswith("Qwen/Qwen2.5-VL")
+    assert not is_random_vae(p.vae) and not is_random_text_encoder(p.text_encoder)
+    assert not any(getattr(cfg, s).allow_random_weights for s in ("caption", "precompute", "sample", "eval"))
+    with pytest.raises(RandomWeightsRefused):
+        models_at_start(load_config(ROOT / "configs" / preset, ["precompute.vae=base"]))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # this machine has no Wan in its cache: one clear message
+    with pytest.raises(ModelUnavailable, match="Wan-AI/Wan2.1-T2V"):
+        models_at_start(cfg)

@@ -84,7 +84,7 @@ def test_encode_stage_normalises_and_records_the_diffusers_vae(tmp_path):
     spec = LatentSpec.from_row(out["vae"][0], out["vae_id"][0], out["latent_norm"][0])
     assert spec.family == "wan" and out["bucket"][0] == "3x4x4" and not any(out["error"])
     assert list(out["text_len"]) == [4, 3]  # precompute.text_max_length caps the tokens
-    x = torch.from_numpy(np.frombuffer(pix[0], np.uint8).reshape(1, 9, 32, 32, 3)).permute(0, 4, 1, 2, 3)
+    x = torch.from_numpy(np.frombuffer(pix[0], np.uint8).reshape(1, 9, 32, 32, 3).copy()).permute(0, 4, 1, 2, 3)
     with torch.no_grad():
         z = load_vae(f"diffusers:{vae_dir}").encode(x.float() / 127.5 - 1).mode()
     stored = tensor_from_bytes(out["latent"][0], out["latent_shape"][0], "float32")

@@ -13,14 +13,10 @@ import torch.nn.functional as F
 
 from infra.config import load_config
 from pipelines.measures.embed import ClipMeasure
+from tests.tiny_models import TINY_CLIP
 from training.models.clip import ClipImages, ClipScorer, _pretrained_source, is_random_clip, load_clip
 from training.models.hub import ModelUnavailable
 
-TINY_CLIP = {
-    "embed_dim": 16,
-    "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
-}
 
 
 @pytest.fixture(scope="module")
@@ -100,9 +96,9 @@ def test_clip_score_reads_caption_and_eval_clip_pretrained(trained):
     c = load_config(None, [f"caption.clip_model={cfg}", f"caption.clip_pretrained={weights}"])
     kwargs = _stage_kwargs(c, "some/captioner")
     assert (kwargs["clip_model"], kwargs["clip_pretrained"]) == (cfg, weights)
-    assert _clip_for_eval(c) == (cfg, weights)  # eval falls back to the caption section's scorer
+    assert _clip_for_eval(c) == ((cfg, weights), [])  # eval falls back to the caption section's scorer
     e = load_config(None, [f"eval.clip_model={cfg}", f"eval.clip_pretrained={weights}"])
-    assert _clip_for_eval(e) == (cfg, weights)
+    assert _clip_for_eval(e) == ((cfg, weights), [])
     scorer = ClipScorer(cfg, weights)
     assert not scorer.random
     frames = _frames(2)

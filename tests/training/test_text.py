@@ -155,3 +155,28 @@ def test_random_specs_are_named_and_missing_ones_fail_clearly(monkeypatch, tmp_p
         assert "HF_HUB_OFFLINE" in str(info.value) and "hf download" in str(info.value)
     with pytest.raises(ModelUnavailable, match="does not exist"):
         check_text_encoder(str(tmp_path / "nope"))
+
+
+def test_a_whole_clip_checkpoint_gives_its_text_tower(tmp_path):
+    """openai/clip-vit-large-patch14 style: a CLIPModel repo used as a text encoder loads CLIPTextModel."""
+    import transformers as tf
+
+    from tests.tiny_models import _tokenizer
+
+    tok = _tokenizer()
+    config = tf.CLIPConfig(text_config={"vocab_size": len(tok), "hidden_size": 24, "intermediate_size": 48,
+                                        "num_hidden_layers": 1, "num_attention_heads": 2,
+                                        "max_position_embeddings": 64},
+                           vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                          "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+                           projection_dim=8)
+    torch.manual_seed(0)
+    full = tf.CLIPModel(config).eval()
+    full.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    enc = build_text_encoder(str(tmp_path))
+    assert type(enc.model).__name__ == "CLIPTextModel" and enc.dim == 24
+    ids = tok(["a red square"], return_tensors="pt")
+    with torch.no_grad():
+        want = full.text_model(**ids).last_hidden_state
+    torch.testing.assert_close(enc.encode(["a red square"])[0], want)  # the checkpoint's own text weights
