@@ -134,3 +134,29 @@ def _clip_for_eval(cfg) -> tuple[tuple[str, str | None] | None, list[str]]:
                           e.allow_random_weights)
     check_clip(name, pretrained)
     return (name, pretrained), notes
+
+
+def run_eval(cfg, checkpoint: str | None = None, vae: str | None = None, clips: str | None = None,
+             output: str | None = None, max_clips: int = 16) -> dict:
+    """`reelforge eval`: held-out prompt accuracy of a DiT checkpoint and/or VAE PSNR/SSIM on clips."""
+    if not checkpoint and not (vae and clips):
+        raise ValueError("give --checkpoint, or --vae with --clips (or all three)")
+    started = time.time()
+    out_dir = Path(output) if output else None
+    report: dict = {"checkpoint": checkpoint, "vae": vae, "clips": clips}
+    if checkpoint:
+        report["sample"] = sample_and_score(cfg, checkpoint, out_dir)
+    if vae and clips:
+        from training.models.vae import load_vae
+
+        v = cfg.train.vae
+        model = load_vae(vae).eval()
+        tc = model.temporal_compression
+        frames = 1 + (v.num_frames - 1) // tc * tc  # causal VAE: 1 + k * its temporal compression
+        report["reconstruction"] = vae_metrics(model, eval_clips(clips)[:max_clips], frames, v.height, v.width)
+    report["wall_s"] = round(time.time() - started, 2)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
