@@ -223,6 +223,10 @@ class EncodeStage:
         with torch.no_grad():
             z, tokens, mask = self._encode(x, [str(rows[i]["caption"]) for i in idx])
         dtype, spec = self.p.latent_dtype, self.spec
+        expected = (spec.latent_channels, 1 + (t - 1) // spec.temporal, h // spec.spatial, w // spec.spatial)
+        if tuple(z.shape[1:]) != expected:  # e.g. a family's tiled encode at an odd tile size
+            raise ValueError(f"the VAE gave latents {tuple(z.shape[1:])} for {t}x{h}x{w} pixels, expected {expected}: "
+                             "set precompute.vae_tiling: false or a larger precompute.vae_tile_px")
         for j, i in enumerate(idx):
             length = int(mask[j].sum())
             emb = tokens[j][:length]

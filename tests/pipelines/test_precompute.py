@@ -94,3 +94,23 @@ def test_encode_stage_normalises_and_records_the_diffusers_vae(tmp_path):
     torch.testing.assert_close(stored, (z[0] - mean) / std)  # Wan: (z - latents_mean) / latents_std
     bad = stage({k: v[2:] for k, v in batch.items()})
     assert bad["error_stage"][0] == "precompute:encode" and "encode failed" in bad["error"][0]
+
+
+def test_encode_stage_refuses_latents_of_the_wrong_shape(tmp_path):
+    """CogVideoX's tiled encode at a 64 px tile gives a 17-wide latent for 128 px: rows fail, clearly."""
+    import numpy as np
+
+    from infra.config import load_config
+    from pipelines.precompute import EncodeStage
+    from tests.tiny_models import save_vae
+
+    vae = save_vae("cogvideox", tmp_path / "cog")
+    sets = [f"precompute.vae=diffusers:{vae}", "precompute.vae_tile_px=64", "precompute.allow_random_weights=true"]
+    batch = {"clip_id": np.array(["a-0000000"], dtype=object), "b_frames": np.array([5]),
+             "pixels": np.array([np.zeros((5, 128, 128, 3), np.uint8).tobytes()], dtype=object),
+             "b_height": np.array([128]), "b_width": np.array([128]), "caption": np.array(["x"], dtype=object),
+             "fps": np.array([12.0]), "stride": np.array([1]), "error": np.array([""], dtype=object)}
+    out = EncodeStage(load_config(None, sets).precompute)(dict(batch))
+    assert "expected (4, 2, 16, 16)" in out["error"][0] and "vae_tiling" in out["error"][0]
+    plain = EncodeStage(load_config(None, [*sets, "precompute.vae_tiling=false"]).precompute)(dict(batch))
+    assert not plain["error"][0] and plain["bucket"][0] == "2x16x16"
