@@ -32,15 +32,12 @@ class PrecomputeError(ValueError):
 def models_at_start(cfg: ReelForgeConfig):
     """The VAE's LatentSpec (loaded once here, on the driver) and the random-weights notes; a missing
     model or random weights without precompute.allow_random_weights fail here, before Ray starts."""
-    from training.models.hub import random_note, refuse_random
     from training.models.latents import describe_vae
-    from training.models.text import check_text_encoder, is_random_text_encoder
-    from training.models.vae import is_random_vae, load_vae
+    from training.models.text import check_text_encoder
+    from training.models.vae import is_random_vae, load_vae, refuse_random_models
 
     p = cfg.precompute
-    notes = [random_note("VAE", p.vae)] if is_random_vae(p.vae) else []
-    notes += [random_note("text encoder", p.text_encoder)] if is_random_text_encoder(p.text_encoder) else []
-    notes = refuse_random(notes, "precompute", p.allow_random_weights)
+    notes = refuse_random_models(p.vae, p.text_encoder, "precompute", p.allow_random_weights)
     check_text_encoder(p.text_encoder)
     return describe_vae(load_vae(p.vae), p.vae, random=is_random_vae(p.vae)), notes
 
