@@ -29,7 +29,8 @@ def _cfg(models: dict, *sets):
         "caption.max_new_tokens=6", f"precompute.vae=diffusers:{models['vae']}:vae",
         f"precompute.text_encoder=hf:{models['t5']}:text_encoder", "precompute.resolutions=[32]",
         "precompute.frame_counts=[9]", "precompute.aspect_ratios=['1:1']", "train.steps=4", "train.checkpoint_every=4",
-        "train.batch_size=2", "train.num_workers=2", "train.cpus_per_worker=0.5", "train.warmup_steps=1",
+        "train.batch_size=2", "train.num_workers=1", "train.cpus_per_worker=1.0", "train.warmup_steps=1",
+        "curate.measures.text=false", "curate.report=false",  # what this test is about starts after curate
         "sample.steps=2", "sample.num_frames=9", "sample.height=32", "sample.width=32",
         *[f"{s}.allow_random_weights=false" for s in ("caption", "precompute", "sample", "eval")], *sets])
 
