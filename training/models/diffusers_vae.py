@@ -153,7 +153,7 @@ def load_diffusers_vae(spec: str, device="cpu", dtype: torch.dtype | None = None
         model = diffusers.AutoModel.from_pretrained(name, subfolder=subfolder, local_files_only=hf_offline(),
                                                     torch_dtype=dtype)
     except (OSError, ValueError) as e:
-        raise unavailable("VAE", spec, e) from None
+        raise unavailable("VAE", name, e) from None
     if type(model).__name__ not in FAMILIES:
         log.warning("%s is a %s: not one of the tested VAE families %s", spec, type(model).__name__, sorted(FAMILIES))
     return DiffusersVAE(model.eval(), tiling=tiling, slicing=slicing, tile_px=tile_px).to(device)
