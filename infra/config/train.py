@@ -88,6 +88,7 @@ class TrainConfig(_Section):
 
 
 class SampleConfig(_Section):
+    allow_random_weights: bool = Field(False, description="decode with a random VAE / text encoder (tests, demos)")
     steps: int = Field(30, ge=1)
     cfg_scale: float = Field(5.0, ge=0)
     num_frames: int = Field(17, ge=1)
@@ -95,3 +96,12 @@ class SampleConfig(_Section):
     width: int = Field(64, ge=8)
     fps: int = Field(8, ge=1)
     seed: int = 0
+
+
+class EvalConfig(_Section):
+    """eval: `reelforge eval` (held-out prompts; CLIP score when a model is set)."""
+
+    clip_model: str | None = None  # open_clip name for the CLIP score; None: caption.clip_model's, else off
+    clip_pretrained: str | None = None  # open_clip tag or local checkpoint (with caption.clip_model: its)
+    allow_random_weights: bool = Field(False, description="sample with a random VAE / text encoder or score "
+                                       "with a random CLIP (tests, demos)")
