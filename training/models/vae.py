@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from infra import storage
 from training.models.io import PretrainedMixin, from_preset
 
 
@@ -369,11 +370,14 @@ def load_diffusers_vae(name_or_path: str, subfolder: str | None = None) -> Diffu
 
 def load_vae(spec: str, device="cpu", seed: int = 0):
     """A VAE by spec: a preset name ("tiny", "base": random init from `seed`), a directory written
-    by `save_pretrained`, or "diffusers:NAME_OR_PATH" for a pretrained diffusers video VAE."""
+    by `save_pretrained` (local or s3://), or "diffusers:NAME_OR_PATH" for a pretrained diffusers video VAE."""
     from pathlib import Path
 
     if spec.startswith("diffusers:"):
         return load_diffusers_vae(spec[len("diffusers:"):]).to(device)
+    if storage.is_s3(spec):  # a save_pretrained directory on S3: loaded from a temporary copy
+        with storage.local_copy(spec) as local:
+            return load_vae(local, device=device, seed=seed)
     if Path(spec).is_dir():
         return VideoVAE.from_pretrained(spec, device=device)
     if spec in VAE_PRESETS:
