@@ -29,9 +29,9 @@ from infra.config import ReelForgeConfig
 from infra.runtime import cluster_address, ray_session
 from training import zero
 from training.data import BucketBatcher, RankReader, bucket_batch_size, bucket_tokens, collate, latents_files
-from training.plan import DataPlan, plan_data, read_footers, row_groups, table_facts
 from training.metrics import Meter, MetricsLog, memory_gb, rates, read_metrics
 from training.models.dit import VDIT_PRESETS, build_dit, flops_per_token
+from training.plan import DataPlan, plan_data, read_footers, row_groups, table_facts
 from training.step import EMA, batch_loss, ema_decay_at, lr_at, set_lr
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def _log_point(engine, meter: Meter, t, step: int, epoch: int, lr: float, device
     totals = torch.tensor(meter.totals(), dtype=torch.float64, device=device)
     dist.all_reduce(totals)
     grad_norm = engine.get_global_grad_norm()
-    out = {"step": step, "epoch": epoch, "lr": lr, "global_batch": world * t.batch_size * t.grad_accum_steps,
+    out = {"step": step, "epoch": epoch, "lr": lr, "global_batch": global_batch(t),
            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
            **rates(totals.tolist(), time.perf_counter() - meter.since, world, t.peak_tflops),
            "mem_gb": memory_gb(device)}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from collections.abc import Iterable
 
@@ -151,7 +152,7 @@ def train_vae_job(cfg, clips_uri: str, output: str) -> dict:
                "failed_clips": len(errors), "errors": errors[:20], "steps": result["steps"],
                "final_loss": last["loss"], "psnr": last["psnr"], "seconds": round(result["seconds"], 2),
                "samples_per_s": result["steps"] * vc.batch_size / max(result["seconds"], 1e-9),
-               "scaling_factor": scale, "device": device}
+               "scaling_factor": scale, "device": device, "host": socket.gethostname(), "pid": os.getpid()}
     with storage.staged_dir(storage.join(output, "vae")) as local:  # uploaded whole when on S3
         vae.save_pretrained(Path(local))
     storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
