@@ -95,7 +95,7 @@ def test_zero2_accumulation_2_at_batch_b_equals_accumulation_1_at_batch_2b(tmp_p
         procs.append(subprocess.Popen([sys.executable, __file__, str(rank), str(world), str(tmp_path)], cwd=ROOT,
                                       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
-        logs = [p.communicate(timeout=300)[0] for p in procs]
+        logs = [p.communicate(timeout=600)[0] for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
