@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -93,10 +94,11 @@ def plan_shards(rows: list[dict], shard_rows: int, shard_bytes: int) -> list[tup
     return [(f"{i:05d}-{tables.digest(r['clip_id'] for r in shard)}", shard) for i, shard in enumerate(shards)]
 
 
-def row_group_rows(rows: list[dict], limit: int, max_bytes: int = ROW_GROUP_BYTES) -> int:
-    """Rows per Parquet row group of a shard: at most `limit` and about `max_bytes`."""
+def row_group_rows(rows: list[dict], limit: int, max_bytes: int = ROW_GROUP_BYTES, min_groups: int = 16) -> int:
+    """Rows per Parquet row group of a shard: at most `limit` and about `max_bytes`, and small enough
+    for `min_groups` groups when the shard has the rows (so even a tiny table splits over many ranks)."""
     biggest = max((len(r["latent"]) + len(r["text_emb"]) for r in rows), default=1)
-    return max(1, min(limit, max_bytes // max(biggest, 1)))
+    return max(1, min(limit, max_bytes // max(biggest, 1), math.ceil(len(rows) / min_groups)))
 
 
 def _prep_batch(batch: dict) -> dict:

@@ -56,4 +56,5 @@ def test_every_shard_holds_one_bucket_so_training_plans_from_footers():
     assert sorted(r["clip_id"] for _, s in shards for r in s) == [r["clip_id"] for r in rows]
     assert [len(s) for _, s in shards] == [3, 1, 3, 3]  # 4 rows of 32 px, then 6 of 64 px
     big = {"latent": b"x" * 1000, "text_emb": b"y" * 24}
-    assert row_group_rows([big] * 5, 32, max_bytes=4096) == 4 and row_group_rows([big], 2) == 2
+    assert row_group_rows([big] * 500, 32) == 32 and row_group_rows([big] * 500, 32, max_bytes=4096) == 4
+    assert row_group_rows([big] * 20, 32) == 2 and row_group_rows([big], 32) == 1  # >= 16 groups when it can
