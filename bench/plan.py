@@ -32,7 +32,7 @@ def write_table(work: Path, files: int, rows_per_file: int) -> str:
     import pyarrow as pa
 
     from infra import storage
-    from infra.schema import LATENTS_SCHEMA
+    from infra.schema import LATENTS_SCHEMA, LATENTS_STATISTICS
 
     root = work / f"pre-{files}x{rows_per_file}"
     if (root / "latents" / f"part-{files - 1:05d}.parquet").exists():
@@ -47,7 +47,8 @@ def write_table(work: Path, files: int, rows_per_file: int) -> str:
                 "text_len": [6] * n, "vae": ["tiny"] * n, "text_encoder": ["tiny"] * n, "bucket": [bucket] * n,
                 "fps": [8.0] * n, "height": [h * 8] * n, "width": [w * 8] * n, "num_frames": [1 + 4 * (t - 1)] * n}
         table = pa.table({k: cols[k] for k in LATENTS_SCHEMA.names}, schema=LATENTS_SCHEMA)
-        storage.write_table(table, str(root / "latents" / f"part-{f:05d}.parquet"), row_group_rows=32)
+        storage.write_table(table, str(root / "latents" / f"part-{f:05d}.parquet"), row_group_size=32,
+                            write_statistics=LATENTS_STATISTICS)
     return str(root)
 
 

@@ -122,6 +122,11 @@ LATENTS_SCHEMA = pa.schema(
         ("num_frames", pa.int32()),
     ]
 )
+# The latents columns with min/max statistics in Parquet footers: the training plan reads `bucket`,
+# `vae` and `text_encoder` there (training/plan.py). The tensor bytes get none: as min/max they
+# would copy two blobs into the footer for every row group.
+LATENTS_STATISTICS = ["clip_id", "caption", "latent_dtype", "text_len", "vae", "text_encoder", "bucket", "fps",
+                      "height", "width", "num_frames"]
 
 
 # ----------------------------------------------------------------------------- the tensor codec

@@ -300,10 +300,11 @@ def open_seekable(uri: str) -> Iterator[BinaryIO]:
 # ----------------------------------------------------------------------------- Parquet
 
 
-def write_table(table: pa.Table, uri: str, row_group_rows: int | None = None) -> None:
-    """Write one Parquet file as a whole object (row groups of at most `row_group_rows` rows)."""
+def write_table(table: pa.Table, uri: str, **parquet) -> None:
+    """Write one Parquet file as a whole object; `parquet`: pyarrow.parquet.write_table keywords
+    (e.g. row_group_size, write_statistics)."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd", row_group_size=row_group_rows)
+    pq.write_table(table, buf, **{"compression": "zstd", **parquet})
     write_bytes(uri, buf.getvalue())
 
 

@@ -18,7 +18,7 @@ import numpy as np
 from infra import storage, tables
 from infra.config import ReelForgeConfig
 from infra.runtime import ray_when_needed
-from infra.schema import LATENTS_SCHEMA, table_from_rows
+from infra.schema import LATENTS_SCHEMA, LATENTS_STATISTICS, table_from_rows
 from pipelines import precompute
 
 log = logging.getLogger(__name__)
@@ -137,8 +137,9 @@ def _commit(output: str, pid: str, rows: list[dict], fingerprint: str, group_row
     nbytes = sum(len(r["latent"]) + len(r["text_emb"]) for r in ok)
     counts = {"rows": len(rows), "encoded": len(ok), "failed": len(bad), "bytes": nbytes,
               "per_bucket": dict(per_bucket), "prep_s": sum(float(r.get("prep_s") or 0) for r in rows)}
+    layout = {"row_group_size": row_group_rows(ok, group_rows), "write_statistics": LATENTS_STATISTICS}
     return tables.write_partition(output, pid, {"latents": latents, "failures": failures}, fingerprint, counts,
-                                  row_group_rows=row_group_rows(ok, group_rows))
+                                  parquet={"latents": layout})
 
 
 def run_precompute(cfg: ReelForgeConfig, clips_root: str, output: str,

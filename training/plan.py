@@ -55,61 +55,76 @@ def read_row_group(uri: str, index: int, columns: list[str] | None = None):
     return storage.with_retries(_read, f"read {uri} row group {index}")
 
 
-def read_footers(files: list[str], threads: int = 16) -> list[pq.FileMetaData]:
-    """The Parquet footers of `files` (local or s3://), several at once; no row is read."""
-    def footer(uri: str) -> pq.FileMetaData:
+# What the plan reads from each row group's statistics.
+STAT_KEYS = ("bucket", "vae", "text_encoder")
+
+
+@dataclass(frozen=True)
+class Footer:
+    """What one row group's footer entry says: its rows and the single value of each of STAT_KEYS
+    (None when the statistics are missing or the row group holds several values)."""
+
+    rows: int
+    values: tuple[str | None, ...]
+
+
+def read_footers(files: list[str], threads: int = 16) -> list[list[Footer]]:
+    """Per file, a Footer per row group, from the Parquet footers of `files` (local or s3://, several
+    at once); no row is read and only these small summaries are kept, never the footers themselves."""
+    def footer(uri: str) -> list[Footer]:
         fs, path = storage.filesystem(uri)
-        return storage.with_retries(lambda: pq.read_metadata(path, filesystem=fs), f"read footer {uri}")
+        meta = storage.with_retries(lambda: pq.read_metadata(path, filesystem=fs), f"read footer {uri}")
+        names = [meta.schema.column(j).path for j in range(meta.num_columns)]  # leaf columns, in order
+        missing = [k for k in STAT_KEYS if k not in names]
+        if missing:
+            raise KeyError(f"{uri} has no column {missing[0]!r}: not a latents table")
+        at = [names.index(k) for k in STAT_KEYS]
+        return [Footer(meta.row_group(i).num_rows, tuple(column_value(meta.row_group(i).column(j)) for j in at))
+                for i in range(meta.num_row_groups)]
 
     with ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
         return list(pool.map(footer, files))
 
 
-def column_value(meta: pq.FileMetaData, group: int, name: str):
-    """The single value of a column in a row group from its statistics, or None when the
-    statistics are missing or the row group holds several values."""
-    rg = meta.row_group(group)
-    for j in range(rg.num_columns):
-        col = rg.column(j)
-        if col.path_in_schema == name:
-            stats = col.statistics
-            if stats is not None and stats.has_min_max and stats.min == stats.max:
-                return stats.min.decode() if isinstance(stats.min, bytes) else stats.min
-            return None
-    raise KeyError(f"no column {name!r} in the latents table")
+def column_value(chunk: pq.ColumnChunkMetaData):
+    """The single value of a column chunk from its statistics, or None when the statistics are
+    missing or the chunk holds several values."""
+    stats = chunk.statistics
+    if stats is not None and stats.has_min_max and stats.min == stats.max:
+        return stats.min.decode() if isinstance(stats.min, bytes) else stats.min
+    return None
 
 
-def row_groups(files: list[str], footers: list[pq.FileMetaData]) -> list[RowGroup]:
+def row_groups(files: list[str], footers: list[list[Footer]]) -> list[RowGroup]:
     """Every non-empty row group with its bucket(s): from statistics, else by reading that row
     group's `bucket` column (older tables that mix buckets in a row group)."""
     groups, mixed = [], 0
-    for f, meta in enumerate(footers):
-        for i in range(meta.num_row_groups):
-            rows = meta.row_group(i).num_rows
-            if rows == 0:
+    for f, entries in enumerate(footers):
+        for i, entry in enumerate(entries):
+            if entry.rows == 0:
                 continue
-            bucket = column_value(meta, i, "bucket")
+            bucket = entry.values[STAT_KEYS.index("bucket")]
             if bucket is not None:
-                counts = ((bucket, rows),)
+                counts = ((bucket, entry.rows),)
             else:
                 mixed += 1
                 col = read_row_group(files[f], i, columns=["bucket"])["bucket"].to_pylist()
                 counts = tuple(sorted(collections.Counter(col).items()))
-            groups.append(RowGroup(f, i, rows, counts))
+            groups.append(RowGroup(f, i, entry.rows, counts))
     if mixed:
         log.warning("latents: %d of %d row groups mix buckets (an older precompute layout): read their bucket "
                     "column to plan; re-run precompute to plan from footers alone", mixed, len(groups))
     return groups
 
 
-def table_facts(files: list[str], footers: list[pq.FileMetaData], groups: list[RowGroup]) -> dict:
+def table_facts(files: list[str], footers: list[list[Footer]], groups: list[RowGroup]) -> dict:
     """vae, text_encoder (one each, from statistics), latent channels and text width (one row group's
     shape columns): a table that mixes specs is refused."""
     facts: dict = {}
     for key in ("vae", "text_encoder"):
         values = set()
         for g in groups:
-            value = column_value(footers[g.file], g.index, key)
+            value = footers[g.file][g.index].values[STAT_KEYS.index(key)]
             if value is None:  # no statistics, or several values in this row group
                 col = read_row_group(files[g.file], g.index, columns=[key])[key]
                 values.update(col.to_pylist())

@@ -64,7 +64,7 @@ def write_synthetic_latents(root: str, buckets: dict[str, int] | None = None, ro
 
     Like precompute: each file holds one bucket, in row groups of `row_group_rows`. `mixed` writes
     the older layout instead (buckets interleaved across files and row groups)."""
-    from infra.schema import LATENTS_SCHEMA, table_from_rows
+    from infra.schema import LATENTS_SCHEMA, LATENTS_STATISTICS, table_from_rows
 
     rows = synthetic_rows(buckets, **kwargs)
     if mixed:
@@ -76,8 +76,9 @@ def write_synthetic_latents(root: str, buckets: dict[str, int] | None = None, ro
             mine = [r for r in rows if r["bucket"] == bucket]
             files += [mine[s:s + rows_per_file] for s in range(0, len(mine), rows_per_file)]
     for part, chunk in enumerate(files):
-        storage.write_table(table_from_rows(chunk, LATENTS_SCHEMA),
-                            storage.join(root, "latents", f"part-{part:05d}.parquet"), row_group_rows)
+        uri = storage.join(root, "latents", f"part-{part:05d}.parquet")
+        storage.write_table(table_from_rows(chunk, LATENTS_SCHEMA), uri, row_group_size=row_group_rows,
+                            write_statistics=LATENTS_STATISTICS)
     return root
 
 
