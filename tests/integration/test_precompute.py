@@ -51,11 +51,14 @@ def captioned(ray_local, tmp_path_factory):
     return d, table
 
 
-def test_precompute_to_s3_round_trips_latents_and_text(captioned, s3_bucket):
+def test_precompute_to_s3_round_trips_latents_and_text(captioned, s3_bucket, tmp_path):
     d, clips = captioned
-    out = f"{s3_bucket}/latents-run"
-    manifest = run_precompute(_cfg(), str(d / "captioned"), out)
+    out, vae_uri = f"{s3_bucket}/latents-run", f"{s3_bucket}/vae-train/vae"
+    load_vae("tiny").save_pretrained(tmp_path / "vae")  # precompute.vae: a save_pretrained dir on S3
+    storage.upload_dir(str(tmp_path / "vae"), vae_uri)
+    manifest = run_precompute(_cfg(f"precompute.vae={vae_uri}"), str(d / "captioned"), out)
     table = read_latents(out)
+    assert set(table["vae"].to_pylist()) == {vae_uri}
     failures = storage.read_table(f"{out}/failures")
     dropped = sum(manifest["counts"]["dropped"].values())
     assert table.num_rows + failures.num_rows + dropped == clips.num_rows
