@@ -8,7 +8,6 @@ clip id: the two runs then differ only in how the rows are cut into micro-batche
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
