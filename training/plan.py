@@ -77,7 +77,7 @@ def read_footers(files: list[str], threads: int = 16) -> list[list[Footer]]:
         names = [meta.schema.column(j).path for j in range(meta.num_columns)]  # leaf columns, in order
         missing = [k for k in STAT_KEYS if k not in names]
         if missing:
-            raise KeyError(f"{uri} has no column {missing[0]!r}: not a latents table")
+            raise ValueError(f"{uri} has no column {missing[0]!r}: not a latents table")
         at = [names.index(k) for k in STAT_KEYS]
         return [Footer(meta.row_group(i).num_rows, tuple(column_value(meta.row_group(i).column(j)) for j in at))
                 for i in range(meta.num_row_groups)]
