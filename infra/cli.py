@@ -1,6 +1,6 @@
 """`reelforge`: the single command line. Each subcommand loads the config and calls one library function.
 
-The subcommands live in cli_data (curate ... demo-data, config show), cli_train (train-vae ... eval,
+The subcommands live in cli_data (curate, dedup, balance ... demo-data, config show), cli_train (train-vae ... eval,
 train-captioner) and cli_ops (submit, jobs, demo); they are registered below, in the order `--help`
 lists them (the order of the flow), and share cli_common (consoles, options, config loading, errors).
 """
@@ -16,6 +16,7 @@ import typer
 from infra import cli_data, cli_ops, cli_train
 from infra.cli_common import console, out
 from infra.config import ConfigError
+from training.models.hub import ModelUnavailable, RandomWeightsRefused
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ReelForge: raw video -> curated clips -> captions -> latents -> a trained video DiT, on Ray.")
@@ -44,6 +45,8 @@ def _main(
 
 
 app.command()(cli_data.curate)
+app.command()(cli_data.dedup)
+app.command()(cli_data.balance)
 app.command()(cli_data.caption)
 app.command()(cli_data.precompute)
 app.command("train-vae")(cli_train.train_vae)
@@ -72,6 +75,10 @@ def main() -> None:
         sys.exit(2)
     except PermissionError as exc:  # storage.StorageAccessDenied: S3 refused the credentials
         console.print(f"[bold red]access denied[/]\n{exc}")
+        sys.exit(2)
+    except (ModelUnavailable, RandomWeightsRefused) as exc:  # found at a job's start, before any work
+        console.print("[bold red]model error[/]")
+        console.print(str(exc), markup=False, highlight=False)
         sys.exit(2)
 
 

@@ -1,4 +1,4 @@
-"""`reelforge` data commands: curate, caption, precompute, report, demo-data and `config show`.
+"""`reelforge` data commands: curate, dedup, balance, caption, precompute, report, demo-data and `config show`.
 
 Plain functions: infra/cli.py registers them on the app, in the order `--help` lists them.
 """
@@ -29,6 +29,7 @@ def curate(
     """Curate videos into videos/, clips/ (measures, keep, drop_reason), failures/, report/ and manifest.json."""
     from infra.summary import curate_progress, print_curate_summary
     from pipelines.ingest import IngestError
+    from pipelines.measures.safety import SafetyModelMissing
     from pipelines.refilter import load_output_config, run_refilter
     from pipelines.runner import run_curate
 
@@ -41,11 +42,52 @@ def curate(
     if not input:
         fail("curate", "--input is required (or --refilter)")
     cfg = _load(config, sets)
-    with exits_on("curate", IngestError, SharedStorageError), curate_progress(console) as progress:
+    with exits_on("curate", IngestError, SharedStorageError, SafetyModelMissing), curate_progress(console) as progress:
         manifest = run_curate(cfg, input, output, progress=progress)
     print_curate_summary(out, manifest)
     if cfg.curate.report:
         out.print(f"report: {output.rstrip('/')}/report/index.html")
+
+
+InputsOpt = typer.Option(..., "--input", "-i", help="a curate output root (repeatable); local or s3://")
+
+
+def _dataset_job(job: str, run, summary, inputs: list[str], output: str, config: Optional[str], sets: list[str]) -> None:
+    """Load the config, run a dataset-scale job over curate outputs, print its summary and report."""
+    from pipelines.dedup_job import DedupInputError
+
+    cfg = _load(config, sets)
+    with exits_on(job, DedupInputError, FileNotFoundError):
+        manifest = run(cfg, inputs, output)
+    summary(out, manifest)
+    out.print(f"report: {output.rstrip('/')}/report/index.html")
+
+
+def dedup(
+    inputs: list[str] = InputsOpt,
+    output: str = typer.Option(..., "--output", "-o", help="dedup root: duplicates/ table, index/, report/"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Near-duplicate clips across curate outputs (dedup.kinds: perceptual, semantic) into OUTPUT/duplicates;
+    a later run into the same OUTPUT checks only new outputs against its index."""
+    from infra.summary import print_dedup_summary
+    from pipelines.dedup_job import run_dedup
+
+    _dataset_job("dedup", run_dedup, print_dedup_summary, inputs, output, config, sets)
+
+
+def balance(
+    inputs: list[str] = InputsOpt,
+    output: str = typer.Option(..., "--output", "-o", help="balance root: weights/ table, report/"),
+    config: Optional[str] = ConfigOpt,
+    sets: list[str] = SetOpt,
+) -> None:
+    """Concept balancing: k-means over clip embeddings -> per-clip sample_weight and keep_prob in OUTPUT/weights."""
+    from infra.summary import print_balance_summary
+    from pipelines.balance import run_balance
+
+    _dataset_job("balance", run_balance, print_balance_summary, inputs, output, config, sets)
 
 
 def caption(
@@ -88,11 +130,22 @@ def report(
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,
 ) -> None:
-    """Write the data-quality HTML report of a curate output into OUTPUT/report/."""
+    """Write the HTML report of a curate, dedup or balance output into OUTPUT/report/."""
+    import json
+
+    from infra import storage
     from pipelines.refilter import load_output_config
     from pipelines.report import write_report
+    from pipelines.report_dataset import write_balance_report, write_dedup_report
 
-    out.print(f"report: {write_report(output, load_output_config(output, config, sets))}")
+    cfg = load_output_config(output, config, sets)
+    uri = storage.join(output, "manifest.json")
+    job = json.loads(storage.read_text(uri)).get("job") if storage.exists(uri) else "curate"
+    if job in ("dedup", "balance"):
+        writer = write_dedup_report if job == "dedup" else write_balance_report
+        out.print(f"report: {writer(output, json.loads(storage.read_text(uri)))}")
+        return
+    out.print(f"report: {write_report(output, cfg)}")
 
 
 def demo_data(

@@ -16,7 +16,8 @@ from infra.config import ConfigError
 
 def train_vae(
     clips: str = typer.Option(..., "--clips", help="a curate output root (its clips/ table); local or s3://"),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="where vae/ goes (default: CLIPS/vae-train)"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="where vae/ goes, local or s3:// "
+                                         "(default: CLIPS/vae-train)"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,
 ) -> None:
@@ -109,29 +110,37 @@ def print_tune_summary(summary: dict) -> None:
 
 
 def sample(
-    checkpoint: str = typer.Option(..., "--checkpoint", help="checkpoint dir with dit/ (and ema/, meta.json)"),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="checkpoint dir with dit/ (and ema/, meta.json); "
+                                   "local or s3://"),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="text prompt (repeatable: one video each)"),
-    output: str = typer.Option("samples", "--output", "-o", help="folder for the mp4 files"),
-    vae: Optional[str] = typer.Option(None, "--vae", help="VAE spec (default: the checkpoint's, else precompute.vae)"),
+    output: str = typer.Option("samples", "--output", "-o", help="folder for the mp4 files, local or s3://"),
+    vae: Optional[str] = typer.Option(None, "--vae", help="VAE spec or save_pretrained dir, local or s3:// "
+                                      "(default: the checkpoint's, else precompute.vae)"),
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="text encoder spec (default as --vae)"),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,
 ) -> None:
     """Sample videos from a trained DiT checkpoint to mp4 (text -> latents -> VAE decode -> mp4)."""
     from training.sample import sample_to_files
 
+    if device not in ("auto", "cpu", "cuda"):
+        fail("sample", f"--device must be auto, cpu or cuda, not {device!r}")
     cfg = _load(config, sets)
     with exits_on("sample", FileNotFoundError, ValueError):
-        paths = sample_to_files(cfg, checkpoint, list(prompt), output, vae_spec=vae, text_encoder_spec=text_encoder)
+        paths = sample_to_files(cfg, checkpoint, list(prompt), output, vae_spec=vae, text_encoder_spec=text_encoder,
+                                device=device)
     for p, path in zip(prompt, paths):
         out.print(f"{path}  <- {p!r}")
 
 
 def eval_cmd(
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="DiT checkpoint dir: sample held-out prompts"),
-    vae: Optional[str] = typer.Option(None, "--vae", help="VAE dir (save_pretrained): PSNR/SSIM on --clips"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="DiT checkpoint dir (local or s3://): "
+                                             "sample held-out prompts"),
+    vae: Optional[str] = typer.Option(None, "--vae", help="VAE dir (save_pretrained, local or s3://): PSNR/SSIM on --clips"),
     clips: Optional[str] = typer.Option(None, "--clips", help="a world dir (its eval split) or a curate output root"),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="folder for eval.json and the sampled mp4s"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="folder for eval.json and the sampled mp4s "
+                                         "(local or s3://)"),
     max_clips: int = typer.Option(16, "--max-clips", help="clips for the VAE metrics"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,

@@ -59,15 +59,42 @@ CLIP_MEASURE_FIELDS = [
     ("aesthetic", pa.float64()),  # open_clip + linear/MLP head score, when weights are given
     ("embedding", pa.list_(pa.float16())),  # L2-normalised open_clip image embedding, for dedup
     ("phash", pa.string()),  # 64-bit perceptual hash of the sampled frames, 16 hex digits
+    ("nsfw_score", pa.float64()),  # highest NudeNet unsafe-class score over the sampled frames (safety)
 ]
 # Decisions: rewritten at the end of every curate job and by `curate --refilter`.
 CLIP_DECISION_FIELDS = [
     ("dup_of", pa.string()),  # clip_id of the kept clip this one duplicates
     ("keep", pa.bool_()),
-    ("drop_reason", pa.string()),  # the first failing filter's key, or "duplicate"
+    ("drop_reason", pa.string()),  # the first failing filter's key, "unsafe" (max_nsfw) or "duplicate"
     ("clip_uri", pa.string()),  # the materialized mp4, when curate.materialize.enabled
 ]
 CLIPS_SCHEMA = pa.schema(CLIP_CORE_FIELDS + CLIP_MEASURE_FIELDS + CLIP_DECISION_FIELDS)
+
+# ----------------------------------------------------------------------------- dataset-scale curation
+# `reelforge dedup`: one row per clip in a near-duplicate group, across every indexed curate output.
+DUPLICATES_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("group_id", pa.string()),  # the clip_id of the group's kept clip
+        ("kept", pa.bool_()),  # false: caption and precompute skip it (selection.duplicates)
+        ("kind", pa.string()),  # what linked it: "perceptual", "semantic" or "perceptual+semantic"
+        ("source", pa.string()),  # the curate output root it came from
+        ("score", pa.float64()),  # dedup.score's value (duration, sharpness or aesthetic); null: none
+        ("rank_key", pa.string()),  # sortable (score desc, clip_id): the smallest in a group is kept
+        ("group_key", pa.string()),  # the kept clip's rank_key
+    ]
+)
+# `reelforge balance`: one row per clip it clustered.
+WEIGHTS_SCHEMA = pa.schema(
+    [
+        ("clip_id", pa.string()),
+        ("cluster", pa.int32()),  # k-means cluster of its embedding (a concept)
+        ("cluster_size", pa.int64()),  # clips in the cluster before the cap
+        ("sample_weight", pa.float64()),  # training sampler weight, mean 1 over the clips kept after the cap
+        ("keep_prob", pa.float64()),  # min(1, cap / cluster_size): joins precompute's keep draw
+        ("source", pa.string()),
+    ]
+)
 
 # ----------------------------------------------------------------------------- failures
 FAILURES_SCHEMA = pa.schema(
@@ -114,14 +141,22 @@ LATENTS_SCHEMA = pa.schema(
         ("text_emb_shape", pa.list_(pa.int32())),  # (L, D): only the real tokens, L == text_len
         ("text_len", pa.int32()),
         ("vae", pa.string()),  # the VAE spec that encoded it (decode with the same)
+        ("vae_id", pa.string()),  # class:config hash-weights fingerprint (training/models/latents.py)
+        ("latent_norm", pa.string()),  # JSON: family, compression, normalisation (mean, std, scale), random
         ("text_encoder", pa.string()),
         ("bucket", pa.string()),  # latent "TxHxW", e.g. "5x8x8"
         ("fps", pa.float64()),  # of the pixels that were encoded (after frame stride)
         ("height", pa.int32()),
         ("width", pa.int32()),
         ("num_frames", pa.int32()),
+        ("sample_weight", pa.float64()),  # from selection.weights (reelforge balance); null: none given
     ]
 )
+# The latents columns with min/max statistics in Parquet footers: the training plan reads `bucket`,
+# `vae` and `text_encoder` there (training/plan.py). The tensor bytes get none: as min/max they
+# would copy two blobs into the footer for every row group.
+LATENTS_STATISTICS = ["clip_id", "caption", "latent_dtype", "text_len", "vae", "text_encoder", "bucket", "fps",
+                      "height", "width", "num_frames", "vae_id", "latent_norm"]
 
 
 # ----------------------------------------------------------------------------- the tensor codec

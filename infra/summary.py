@@ -59,6 +59,7 @@ def print_curate_summary(out: Console, manifest: dict) -> None:
     if tp.get("video_s_per_wall_s") is not None:
         t.add_row("throughput", f"{tp['videos_per_s']} videos/s, {tp['video_s_per_wall_s']} video-s per wall-s")
     out.print(t)
+    print_random_weights(out, manifest.get("random_weights"))
 
 
 def caption_progress(console: Console) -> contextlib.AbstractContextManager:
@@ -87,6 +88,7 @@ def print_caption_summary(out: Console, manifest: dict) -> None:
     if manifest["placeholder"]:
         out.print(f"[bold red]WARNING: CAPTIONS ARE PLACEHOLDERS[/] - {manifest['model']!r} is a tiny randomly "
                   "initialised model; set caption.model or --model to a real captioner before training on them.")
+    print_random_weights(out, [n for n in manifest.get("random_weights") or [] if "CAPTIONER" not in n])
 
 
 def print_precompute_summary(out: Console, manifest: dict) -> None:
@@ -106,5 +108,51 @@ def print_precompute_summary(out: Console, manifest: dict) -> None:
     r = manifest["resume"]
     t.add_row("shards", f"{r['partitions']} ({r['skipped_complete']} already complete, skipped)")
     t.add_row("throughput", f"{manifest['throughput']['clips_per_s']} clips/s")
+    t.add_row("wall time", f"{manifest['wall_s']:.1f} s")
+    m = manifest["models"]
+    t.add_row("vae", f"{m['vae']} ({m.get('vae_id')})")
+    t.add_row("text encoder", m["text_encoder"])
+    out.print(t)
+    print_random_weights(out, m.get("random_weights"))
+
+
+def print_random_weights(out: Console, notes: list[str] | None) -> None:
+    """The job ran on randomly initialised models (allow_random_weights): say so, loudly."""
+    for note in notes or []:
+        out.print(f"[bold red]WARNING: {note}[/] (allow_random_weights is set)")
+
+
+def print_dedup_summary(out: Console, manifest: dict) -> None:
+    c = manifest["counts"]
+    t = Table(title=f"dedup -> {manifest['output']}", show_header=False, box=None)
+    r = manifest["resume"]
+    t.add_row("clips parts", f"{r['processed']} new, {r['skipped_complete']} indexed before (skipped)")
+    t.add_row("clips read", str(c["clips_read"]))
+    t.add_row("clips in the dataset", str(c["dataset_clips"]))
+    t.add_row("duplicate groups", f"{c['groups']} ({c['clips_in_groups']} clips)")
+    t.add_row("removed", str(c["removed"]))
+    kinds = manifest.get("config", {}).get("dedup", {}).get("kinds", list(c["removed_by_kind"]))
+    for kind, n in c["removed_by_kind"].items():
+        if kind in kinds:
+            t.add_row(f"  linked by {kind}", str(n))
+    t.add_row("kept", str(c["dataset_kept"]))
+    for kind, d in manifest.get("index", {}).items():
+        if isinstance(d, dict) and "index_files" in d:
+            t.add_row(f"index ({kind})", f"read {d['index_files_read']} of {d['index_files']} files")
+    t.add_row("wall time", f"{manifest['wall_s']:.1f} s")
+    if r["processed"] == 0:
+        t.add_row("resume", f"every input part was indexed already (run {manifest['run']}): nothing to do")
+    out.print(t)
+
+
+def print_balance_summary(out: Console, manifest: dict) -> None:
+    c, cl = manifest["counts"], manifest["clusters"]
+    t = Table(title=f"balance -> {manifest['output']}", show_header=False, box=None)
+    t.add_row("clips clustered", str(c["clips"]))
+    t.add_row("clusters", f"{c['clusters']} (largest {max(cl['sizes'])}, smallest {min(cl['sizes'])})")
+    t.add_row("kept after the cap", f"{c['kept_expected']} expected")
+    t.add_row("sample_weight", f"{min(cl['sample_weight']):.3g} .. {max(cl['sample_weight']):.3g}")
+    r = manifest["resume"]
+    t.add_row("partitions", f"{r['partitions']} ({r['skipped_complete']} already complete, skipped)")
     t.add_row("wall time", f"{manifest['wall_s']:.1f} s")
     out.print(t)

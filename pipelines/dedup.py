@@ -6,6 +6,9 @@ Each clip gets one key per band: for 64-bit perceptual hashes the hash is cut in
 of cosine c shares a band with probability 1 - (1 - (1 - acos(c)/pi)^rows)^bands. Only clips that
 share a bucket are compared, with the exact Hamming distance or cosine. Linked clips form groups;
 each group keeps its longest clip (then the smallest clip_id) and the others point to it.
+
+This runs in one process over one curate output (`curate.dedup`); `reelforge dedup` (dedup_job.py)
+runs the same band keys, bucket checks and components on Ray Data across many outputs.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ def simhash_keys(emb: np.ndarray, bands: int, rows: int, seed: int = 0) -> np.nd
 
 
 # ----------------------------------------------------------------------------- grouping
-def _bucket_pairs(members: np.ndarray, similar) -> list[np.ndarray]:
+def bucket_pairs(members: np.ndarray, similar) -> list[np.ndarray]:
     """Similar pairs (k, 2) among one bucket's members (given in priority order)."""
     if members.size <= SMALL_BUCKET:
         sim = similar(members, members)  # (s, s) bool
@@ -55,7 +58,7 @@ def _bucket_pairs(members: np.ndarray, similar) -> list[np.ndarray]:
     return out
 
 
-def _components(n: int, pairs: np.ndarray) -> np.ndarray:
+def components(n: int, pairs: np.ndarray) -> np.ndarray:
     """Connected-component label (smallest member index) of each of n nodes given edges."""
     labels = np.arange(n)
     if pairs.size == 0:
@@ -85,13 +88,13 @@ def group(keys: np.ndarray, similar, priority: np.ndarray) -> np.ndarray:
         starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]])
         sizes = np.diff(np.r_[starts, n])
         for s, size in zip(starts[sizes > 1], sizes[sizes > 1]):
-            found += _bucket_pairs(order[s : s + size], similar)
+            found += bucket_pairs(order[s : s + size], similar)
     pairs = np.concatenate(found).astype(np.int64)
     # Relabel by priority so each component's smallest label is its winner.
     by_rank = np.argsort(priority, kind="stable")
     rank = np.empty(n, dtype=np.int64)
     rank[by_rank] = np.arange(n)
-    labels = _components(n, rank[pairs]) if pairs.size else np.arange(n)
+    labels = components(n, rank[pairs]) if pairs.size else np.arange(n)
     return by_rank[labels[rank]]
 
 

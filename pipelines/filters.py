@@ -1,7 +1,8 @@
 """Filters: thresholds from curate.filters applied to clips that keep their measures.
 
 A clip that fails stays in the table with keep=false and drop_reason = the key of the first
-filter it fails (in FILTERS order), so thresholds can be re-tuned later without decoding video.
+filter it fails (in FILTERS order; `max_nsfw` says "unsafe" and comes first, so an unsafe clip is
+always reported as unsafe), so thresholds can be re-tuned later without decoding video.
 A missing measure (the measure was off, or the clip has no value) never fails a filter.
 """
 
@@ -16,6 +17,7 @@ from infra.config import FiltersConfig
 
 # (config key, derived value, "min" or "max"): the order decides which reason a clip gets.
 FILTERS = [
+    ("max_nsfw", "nsfw_score", "max"),
     ("min_duration_s", "duration_s", "min"), ("max_duration_s", "duration_s", "max"),
     ("min_short_side", "short_side", "min"),
     ("min_aspect", "aspect", "min"), ("max_aspect", "aspect", "max"),
@@ -29,7 +31,9 @@ FILTERS = [
 ]
 # The clips columns the filters read (nothing else is needed to re-filter).
 COLUMNS = ["start_s", "end_s", "width", "height", "fps", "black_ratio", "washed_ratio", "brightness",
-           "sharpness", "motion", "text_ratio", "aesthetic"]
+           "sharpness", "motion", "text_ratio", "aesthetic", "nsfw_score"]
+# The drop_reason a filter writes, where it is not the filter's own key.
+REASONS = {"max_nsfw": "unsafe"}
 
 
 def _floats(table: pa.Table, name: str) -> np.ndarray:
@@ -61,12 +65,12 @@ def apply_filters(table: pa.Table, cfg: FiltersConfig) -> tuple[np.ndarray, np.n
         x = values[name]
         with np.errstate(invalid="ignore"):
             fails = (x < threshold) if kind == "min" else (x > threshold)  # NaN compares False: passes
-        reason[fails & (reason == None)] = key  # noqa: E711 - elementwise on an object array
+        reason[fails & (reason == None)] = REASONS.get(key, key)  # noqa: E711 - elementwise on an object array
     return reason == None, reason  # noqa: E711
 
 
 def drop_counts(reasons) -> dict[str, int]:
     """{reason: clips dropped for it}, in filter order then "duplicate"."""
     counts = collections.Counter(r for r in reasons if r is not None)
-    order = [k for k, _, _ in FILTERS] + ["duplicate"]
+    order = [REASONS.get(k, k) for k, _, _ in FILTERS] + ["duplicate"]
     return {k: counts[k] for k in order if counts.get(k)}

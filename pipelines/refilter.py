@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from infra import storage
 from infra.config import CurateConfig, ReelForgeConfig, load_config
@@ -46,6 +47,13 @@ def clip_parts(output: str) -> list[str]:
             if posixpath.basename(u).startswith("part-") and u.endswith(".parquet")]
 
 
+def _read_decision_columns(part: str) -> pa.Table:
+    """READ_COLUMNS of one part; a part written before a column existed (e.g. nsfw_score) reads without it."""
+    fs, path = storage.filesystem(part)
+    names = set(storage.with_retries(lambda: pq.read_schema(path, filesystem=fs), f"read schema {part}").names)
+    return storage.read_table(part, columns=[c for c in READ_COLUMNS if c in names])
+
+
 def _dedup_inputs(table: pa.Table, idx: np.ndarray, method: str) -> tuple[str, np.ndarray, dict]:
     """Which method dedup uses and on which rows (clips without the value cannot be compared)."""
     emb = table["embedding"].combine_chunks()
@@ -64,7 +72,7 @@ def _dedup_inputs(table: pa.Table, idx: np.ndarray, method: str) -> tuple[str, n
 def decide(output: str, cfg: CurateConfig) -> Decisions:
     """Read the clips table's decision columns and compute keep / drop_reason / dup_of."""
     parts = clip_parts(output)
-    tables = [storage.read_table(p, columns=READ_COLUMNS) for p in parts]
+    tables = [_read_decision_columns(p) for p in parts]
     offsets = list(np.cumsum([0] + [t.num_rows for t in tables]))
     empty = CLIPS_SCHEMA.empty_table().select(READ_COLUMNS)
     table = pa.concat_tables(tables, promote_options="default") if tables else empty

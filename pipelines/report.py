@@ -1,9 +1,11 @@
 """The data-quality report of a curate output: DST/report/index.html plus PNGs, all links relative.
 
 The funnel (inputs -> ok -> clips -> kept, and each drop reason), a histogram of every measure
-with its filter thresholds drawn, duration and resolution distributions, and contact sheets of
-kept and dropped clips with their scores (and captions when the table has them). Thumbnails are
-cached under report/thumbs/, so a report rebuilt without decoding (after --refilter) still shows them.
+with its filter thresholds drawn, duration and resolution distributions, the dropped clips listed
+by reason, and contact sheets of kept and dropped clips with their scores (and captions when the
+table has them). Clips dropped as unsafe are listed, never shown: no thumbnail of one is decoded,
+cached or drawn. Thumbnails are cached under report/thumbs/, so a report rebuilt without decoding
+(after --refilter) still shows them. `page` is the template the dedup and balance reports share.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from pipelines import filters
 from infra.schema import CLIPS_SCHEMA, FAILURES_SCHEMA, VIDEOS_SCHEMA
 
 log = logging.getLogger(__name__)
-MEASURES = ["motion", "sharpness", "brightness", "black_ratio", "washed_ratio", "text_ratio", "aesthetic"]
+MEASURES = ["motion", "sharpness", "brightness", "black_ratio", "washed_ratio", "text_ratio", "aesthetic", "nsfw_score"]
+UNSHOWN = {"unsafe"}  # drop reasons whose clips are listed but never pictured
+LISTED = 20  # dropped clip ids listed per reason
 SHEET_TILES = 24
 THUMB_SIDE = 96
 
@@ -124,6 +128,15 @@ def _thumbs(output: str, rows: list[dict], decode: bool) -> dict[str, np.ndarray
     return out
 
 
+def _forget_unshown(output: str, clip_ids: list[str]) -> None:
+    """Delete cached thumbnails of clips now dropped for an UNSHOWN reason (e.g. after --refilter)."""
+    cached = set(storage.list_files(storage.join(output, "report", "thumbs"))) if clip_ids else set()
+    for cid in clip_ids:
+        uri = storage.join(output, "report", "thumbs", f"{cid}.png")
+        if uri in cached:
+            storage.delete(uri)
+
+
 def _label(r: dict) -> str:
     short = {"motion": "mot", "sharpness": "sharp", "brightness": "bright", "text_ratio": "text", "aesthetic": "aes"}
     parts = [f"{v} {r[k]:.3g}" for k, v in short.items() if r.get(k) is not None and np.isfinite(r[k])]
@@ -154,11 +167,12 @@ def contact_sheet(rows: list[dict], thumbs: dict, title: str, output: str, name:
 
 
 def _sheet_rows(keep: np.ndarray, reasons: list) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices: up to SHEET_TILES kept clips, and dropped clips taken in turn from every drop reason."""
+    """Row indices: up to SHEET_TILES kept clips, and dropped clips taken in turn from every drop reason
+    (except UNSHOWN ones)."""
     kept = np.flatnonzero(keep)[:SHEET_TILES]
     by_reason: dict[str, list] = collections.defaultdict(list)
     for i in np.flatnonzero(~keep):
-        if len(by_reason[reasons[i]]) < SHEET_TILES:
+        if reasons[i] not in UNSHOWN and len(by_reason[reasons[i]]) < SHEET_TILES:
             by_reason[reasons[i]].append(i)
     dropped: list[int] = []
     while len(dropped) < SHEET_TILES and any(by_reason.values()):
@@ -193,6 +207,7 @@ def write_report(output: str, cfg: ReelForgeConfig, decode: bool = True) -> str:
              resolution_chart(clips_t, output)]
     hists = [histogram(m, values[m], lines[m], output, log_x=(m == "sharpness"))
              for m in MEASURES if np.isfinite(values[m]).any()]
+    _forget_unshown(output, [c for c, r in zip(clips_t["clip_id"].to_pylist(), drop_reasons) if r in UNSHOWN])
     kept_idx, dropped_idx = _sheet_rows(keep, drop_reasons)
     kept, dropped = clips_t.take(kept_idx).to_pylist(), clips_t.take(dropped_idx).to_pylist()
     thumbs = _thumbs(output, kept + dropped, decode)
@@ -200,35 +215,62 @@ def write_report(output: str, cfg: ReelForgeConfig, decode: bool = True) -> str:
               contact_sheet(dropped, thumbs, f"dropped clips ({len(dropped)} of {clips_t.num_rows - stats['kept']})",
                             output, "dropped.png")]
     page = _html(output, stats, reasons, collections.Counter(failures["stage"].to_pylist()), charts, dists, hists,
-                 sheets, cols)
+                 sheets, cols, _dropped_list(clips_t, keep, drop_reasons))
+    m = cfg.curate.measures
+    if m.clip_model and m.allow_random_weights and not m.clip_pretrained:  # allowed, so said loudly
+        page = page.replace("<h2>Funnel</h2>", f'<p style="color:#b00;font-weight:bold">WARNING: THE OPEN_CLIP TOWER '
+                            f'{html.escape(m.clip_model)} IS RANDOMLY INITIALISED: EMBEDDINGS AND AESTHETIC SCORES '
+                            'MEAN NOTHING</p>\n<h2>Funnel</h2>', 1)
     uri = storage.join(output, "report", "index.html")
     storage.write_text(uri, page)
     return uri
+
+
+def _dropped_list(t: pa.Table, keep: np.ndarray, reasons: list) -> dict[str, list[str]]:
+    """{reason: up to LISTED "clip_id (score)" lines} of the dropped clips."""
+    nsfw = t["nsfw_score"].to_pylist() if "nsfw_score" in t.column_names else [None] * t.num_rows
+    out: dict[str, list[str]] = collections.defaultdict(list)
+    for i, cid in zip(np.flatnonzero(~keep), t.take(np.flatnonzero(~keep))["clip_id"].to_pylist()):
+        r = reasons[i] or "not decided"
+        if len(out[r]) < LISTED:
+            out[r].append(cid + (f" (nsfw {nsfw[i]:.2f}, not shown)" if r in UNSHOWN and nsfw[i] is not None else ""))
+    return dict(out)
 
 
 def _img(name: str, alt: str) -> str:
     return f'<figure><img src="{html.escape(name)}" alt="{html.escape(alt)}"><figcaption>{html.escape(alt)}</figcaption></figure>'
 
 
-def _html(output, stats, reasons, failed, charts, dists, hists, sheets, cols) -> str:
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in stats.items())
-    drops = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in reasons.items()) or \
-        "<tr><td colspan=2>no clip dropped</td></tr>"
-    fails = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in sorted(failed.items())) or \
-        "<tr><td colspan=2>no input failed</td></tr>"
+def table_html(header: tuple[str, str], rows, empty: str) -> str:
+    body = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return (f"<table><tr><th>{html.escape(header[0])}</th><th>{html.escape(header[1])}</th></tr>"
+            f"{body or f'<tr><td colspan=2>{html.escape(empty)}</td></tr>'}</table>")
+
+
+def page(title: str, subtitle: str, body: str) -> str:
+    """The report pages' shared template: one self-contained HTML file, images beside it."""
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>ReelForge curate report</title>
+<html lang="en"><head><meta charset="utf-8"><title>ReelForge {html.escape(title.lower())}</title>
 <style>body{{font-family:sans-serif;margin:24px;color:#222}} table{{border-collapse:collapse;margin:8px 0}}
 td,th{{border:1px solid #ccc;padding:3px 10px;text-align:left}} figure{{display:inline-block;margin:6px}}
 img{{max-width:100%;border:1px solid #ddd}} h2{{border-bottom:1px solid #ccc}}</style></head>
-<body><h1>Curate report</h1><p>{html.escape(output)}</p>
-<h2>Funnel</h2><table><tr><th>stage</th><th>count</th></tr>{rows}</table>
-<table><tr><th>dropped by</th><th>clips</th></tr>{drops}</table>
-<table><tr><th>failed at</th><th>inputs</th></tr>{fails}</table>
+<body><h1>{html.escape(title)}</h1><p>{html.escape(subtitle)}</p>
+{body}
+</body></html>
+"""
+
+
+def _html(output, stats, reasons, failed, charts, dists, hists, sheets, cols, dropped) -> str:
+    listed = "".join(f"<h3>{html.escape(r)} ({reasons.get(r, len(ids))})</h3><p>{html.escape(', '.join(ids))}</p>"
+                     for r, ids in dropped.items()) or "<p>no clip dropped</p>"
+    body = f"""<h2>Funnel</h2>{table_html(("stage", "count"), stats.items(), "")}
+{table_html(("dropped by", "clips"), reasons.items(), "no clip dropped")}
+{table_html(("failed at", "inputs"), sorted(failed.items()), "no input failed")}
 {''.join(_img(c, 'funnel') for c in charts)}
 <h2>Durations and resolutions</h2>{''.join(_img(d, d[:-4]) for d in dists)}
 <h2>Measures</h2><p>Dashed lines: the filter thresholds in force.</p>{''.join(_img(h, h[5:-4]) for h in hists)}
+<h2>Dropped clips, by reason</h2><p>The first {LISTED} of each reason. Clips dropped as unsafe are listed
+without thumbnails.</p>{listed}
 <h2>Contact sheets</h2>{''.join(_img(s, s[:-4] + ' clips') for s in sheets)}
-<p>Columns in the clips table: {html.escape(', '.join(cols))}</p>
-</body></html>
-"""
+<p>Columns in the clips table: {html.escape(', '.join(cols))}</p>"""
+    return page("Curate report", output, body)

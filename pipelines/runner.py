@@ -21,28 +21,29 @@ from typing import Any
 import numpy as np
 
 from infra import storage, tables
-from infra.config import CurateConfig, ReelForgeConfig
+from infra.config import CurateConfig, ReelForgeConfig, SafetyConfig
 from infra.faults import fault_point
 from infra.runtime import placement, ray_when_needed
 from infra.schema import CLIPS_SCHEMA, VIDEOS_SCHEMA, table_from_rows, video_id_for
 from infra.tables import batch_rows, map_rows, rows_batch
 from pipelines import ingest, measures, refilter
 from pipelines.manifest import build_manifest
+from pipelines.measures.embed import models_at_start
 from pipelines.materialize import CLIP_FILES, clip_file_uri
 
 log = logging.getLogger(__name__)
 TABLES = ["videos", "clips", "failures"]
 # Config that is re-applied at every job end without decoding: changing it keeps the partitions.
 RECOMPUTE_FREE = ("curate.filters", "curate.dedup", "curate.materialize", "curate.report",
-                  "curate.resources")  # where stages run, not what they write
+                  "curate.measures.allow_random_weights", "curate.resources")  # resources: where stages run
 
 
 # ----------------------------------------------------------------------------- stage tasks
 
-_BUILT: dict[tuple[str, str], Callable] = {}
+_BUILT: dict[tuple[str, str, str], Callable] = {}
 
 
-def _build(kind: str, c: CurateConfig) -> Callable:
+def _build(kind: str, c: CurateConfig, safety: SafetyConfig | None = None) -> Callable:
     m = c.measures
     if kind == "probe":
         from pipelines.probe import ProbeStage
@@ -66,14 +67,14 @@ def _build(kind: str, c: CurateConfig) -> Callable:
         mc = c.materialize
         return MaterializeStage(fps=mc.fps, short_side=mc.short_side, max_frames=mc.max_frames, crf=mc.crf,
                                 threads=max(1, int(mc.cpus)))
-    return measures.build_stage(kind, m)  # cheap, ocr, clip
+    return measures.build_stage(kind, m, safety)  # cheap, ocr, clip, safety
 
 
-def _stage(kind: str, c: CurateConfig) -> Callable:
+def _stage(kind: str, c: CurateConfig, safety: SafetyConfig | None = None) -> Callable:
     """Build a stage once per worker process (worker processes are reused across tasks)."""
-    key = (kind, c.model_dump_json())
+    key = (kind, c.model_dump_json(), safety.model_dump_json() if safety else "")
     if key not in _BUILT:
-        stage = _build(kind, c)
+        stage = _build(kind, c, safety)
         if hasattr(stage, "setup"):
             stage.setup()
         _BUILT[key] = stage
@@ -99,10 +100,11 @@ def _deadline(seconds: float):
         signal.signal(signal.SIGALRM, old)
 
 
-def run_stage_batch(batch: dict[str, np.ndarray], kind: str, curate: CurateConfig) -> dict:
+def run_stage_batch(batch: dict[str, np.ndarray], kind: str, curate: CurateConfig,
+                    safety: SafetyConfig | None = None) -> dict:
     """Run one stage row by row under the per-video deadline; a row that times out becomes a failure."""
     fault_point(f"stage:{kind}")
-    stage = _stage(kind, curate)
+    stage = _stage(kind, curate, safety)
     timeout_s = curate.decode_timeout_s
 
     def one(row: dict) -> dict:
@@ -122,12 +124,12 @@ def run_stage_batch(batch: dict[str, np.ndarray], kind: str, curate: CurateConfi
 class StageActor:
     """A model-backed stage on a Ray actor: built and loaded once per actor, then run per batch."""
 
-    def __init__(self, kind: str, curate: CurateConfig):
-        self.kind, self.curate = kind, curate
-        _stage(kind, curate)  # load the model now, not inside the first batch's deadline
+    def __init__(self, kind: str, curate: CurateConfig, safety: SafetyConfig | None = None):
+        self.kind, self.curate, self.safety = kind, curate, safety
+        _stage(kind, curate, safety)  # load the model now, not inside the first batch's deadline
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
-        return run_stage_batch(batch, self.kind, self.curate)
+        return run_stage_batch(batch, self.kind, self.curate, self.safety)
 
 
 # ----------------------------------------------------------------------------- the job
@@ -135,7 +137,7 @@ class StageActor:
 
 def stage_kinds(cfg: ReelForgeConfig) -> list[str]:
     """The per-video stages in pipeline order: probe, split, then frames and the measure stages that are on."""
-    kinds = measures.stage_kinds(cfg.curate.measures)
+    kinds = measures.stage_kinds(cfg.curate.measures, cfg.safety)
     return ["probe", "split"] + (["frames", *kinds] if kinds else [])
 
 
@@ -143,11 +145,12 @@ def add_stage(ds, cfg: ReelForgeConfig, kind: str):
     """Map one stage onto `ds`: a task per video, or an actor pool for the model-backed measures."""
     import ray
 
-    c, m = cfg.curate, cfg.curate.measures
-    fn_kwargs = dict(kind=kind, curate=c)
-    if kind in ("ocr", "clip"):
-        cpus, gpus, size = ((m.ocr_cpus, m.ocr_gpus, m.ocr_concurrency) if kind == "ocr"
-                            else (m.clip_cpus, m.clip_gpus, m.clip_concurrency))
+    c, m, s = cfg.curate, cfg.curate.measures, cfg.safety
+    fn_kwargs = dict(kind=kind, curate=c, **({"safety": s} if kind == "safety" else {}))
+    if kind in ("ocr", "clip", "safety"):
+        cpus, gpus, size = {"ocr": (m.ocr_cpus, m.ocr_gpus, m.ocr_concurrency),
+                            "clip": (m.clip_cpus, m.clip_gpus, m.clip_concurrency),
+                            "safety": (s.cpus, s.gpus, s.concurrency)}[kind]
         # an actor lost with its node is restarted, and its batches retried, on another node
         return ds.map_batches(StageActor, fn_constructor_kwargs=fn_kwargs, compute=ray.data.ActorPoolStrategy(size=size),
                               num_cpus=cpus, num_gpus=gpus or None, batch_size=1, zero_copy_batch=False,
@@ -242,6 +245,14 @@ def _materialize(cfg: ReelForgeConfig, output: str, d: refilter.Decisions) -> tu
                   "failed": int(d.keep.sum()) - written - reused}
 
 
+def curate_fingerprint(cfg: ReelForgeConfig) -> str:
+    """What decides if a partition is reusable: curate (less RECOMPUTE_FREE), plus the safety measure when on."""
+    base = cfg.fingerprint("curate", exclude=RECOMPUTE_FREE)
+    if not cfg.safety.enabled:
+        return base  # outputs curated before the safety section existed keep resuming
+    return base + "-" + cfg.fingerprint("safety", exclude=("safety.cpus", "safety.gpus", "safety.concurrency"))
+
+
 def run_curate(cfg: ReelForgeConfig, source: str, output: str, progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Run the curate job over `source` into `output`; returns the manifest.
 
@@ -250,11 +261,14 @@ def run_curate(cfg: ReelForgeConfig, source: str, output: str, progress: Callabl
     """
     started = time.time()
     tables.configure_storage(cfg)
+    if cfg.safety.enabled:
+        measures.safety_model()  # a missing detector fails here, with one message, before any work
+    random_weights = models_at_start(cfg.curate.measures)  # refused or missing models fail before any work
     t0 = time.perf_counter()
     uris = ingest.list_inputs(source, cfg.curate.extensions)
     wall = {"ingest": time.perf_counter() - t0}
     plan = tables.plan(uris, cfg.curate.partition_size)
-    fingerprint = cfg.fingerprint("curate", exclude=RECOMPUTE_FREE)
+    fingerprint = curate_fingerprint(cfg)
     markers = tables.completed(output, plan, fingerprint)
     pending = [p for p in plan if p.pid not in markers]
     # workers on every node read the inputs and write the output: on a cluster, no local paths
@@ -293,5 +307,6 @@ def run_curate(cfg: ReelForgeConfig, source: str, output: str, progress: Callabl
         plan_size=len(plan), skipped=len(plan) - len(pending), removed_stale=removed, stage_wall=wall,
         decisions=decisions.counts, materialized=materialized,
     )
+    manifest["random_weights"] = random_weights
     tables.write_manifest(output, manifest)
     return manifest

@@ -8,7 +8,9 @@ EMA weights are used when ema/ exists, since they sample better than the raw one
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -17,6 +19,7 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file
 
+from infra import storage
 from training import flow
 from training.models.dit import VideoDiT
 
@@ -33,6 +36,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 def sample_video(
     dit, vae, text_encoder, prompts: list[str], num_frames: int = 17, height: int = 256,
     width: int = 256, steps: int = 30, cfg_scale: float = 5.0, seed: int = 0, shift: float | None = None,
+    latent_norm=None,
 ) -> torch.Tensor:
     """Generate one video per prompt; returns uint8 frames (B, T, H, W, 3).
 
@@ -56,7 +60,8 @@ def sample_video(
     generator = torch.Generator("cpu").manual_seed(seed)
     z = flow.sample(dit, shape, cond, None, steps=steps, cfg_scale=cfg_scale, generator=generator, shift=shift)
     vae_param = next(vae.parameters())
-    x = vae.decode((z / vae.scaling_factor).to(vae_param.device, vae_param.dtype))  # (B, 3, T, H, W)
+    z = (latent_norm or vae.latent_norm).denormalize(z)  # the normalisation the latents were made with, inverted
+    x = vae.decode(z.to(vae_param.device, vae_param.dtype))  # (B, 3, T, H, W)
     return to_uint8(x)
 
 
@@ -106,23 +111,46 @@ def checkpoint_meta(ckpt_dir) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def sample_to_files(cfg, ckpt_dir, prompts: list[str], out_dir, vae_spec: str | None = None,
-                    text_encoder_spec: str | None = None, device: str = "cpu") -> list[Path]:
-    """Load checkpoint + VAE + text encoder, sample one mp4 per prompt into out_dir; returns the paths."""
-    from training.models.text import build_text_encoder
-    from training.models.vae import load_vae
+def resolve_device(device: str = "auto") -> str:
+    """"auto" is cuda when a GPU is there, else cpu; "cuda" without one fails with a clear message."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    return device
 
-    meta = checkpoint_meta(ckpt_dir)
+
+@contextlib.contextmanager
+def local_checkpoint(ckpt: str) -> Iterator[str]:
+    """A checkpoint directory on local disk: itself, or of an s3:// one only what sampling reads
+    (dit/, ema/, meta.json; not the optimizer shards) in a temporary folder removed afterwards."""
+    with storage.local_copy(str(ckpt), only=("dit", "ema", "meta.json")) as local:
+        yield local
+
+
+def sample_to_files(cfg, ckpt_dir, prompts: list[str], out_dir, vae_spec: str | None = None,
+                    text_encoder_spec: str | None = None, device: str = "cpu") -> list[str]:
+    """Load checkpoint + VAE + text encoder, sample one mp4 per prompt into out_dir; returns the paths.
+
+    The checkpoint, the VAE directory and out_dir may each be local or s3://."""
+    from training.models.text import build_text_encoder
+    from training.models.vae import load_decoding_vae, refuse_random_models
+
+    device = resolve_device(device)
+    with local_checkpoint(ckpt_dir) as ckpt:
+        meta = checkpoint_meta(ckpt)
+        dit = load_checkpoint_for_sampling(ckpt, device=device)
     vae_spec = vae_spec or meta.get("vae") or cfg.precompute.vae
     text_spec = text_encoder_spec or meta.get("text_encoder") or cfg.precompute.text_encoder
-    dit = load_checkpoint_for_sampling(ckpt_dir, device=device)
-    vae = load_vae(vae_spec, device=device).eval()
+    for note in refuse_random_models(vae_spec, text_spec, "sample", cfg.sample.allow_random_weights):
+        log.warning(note)
+    vae, norm = load_decoding_vae(vae_spec, meta, device=device)  # refuses a VAE other than the latents'
     text_encoder = build_text_encoder(text_spec)
     s = cfg.sample
     frames = sample_video(dit, vae, text_encoder, prompts, num_frames=s.num_frames, height=s.height,
-                          width=s.width, steps=s.steps, cfg_scale=s.cfg_scale, seed=s.seed)
-    out = Path(out_dir)
-    paths = []
-    for i, video in enumerate(frames):
-        paths.append(write_mp4(video, out / f"sample-{s.seed}-{i:03d}.mp4", fps=s.fps))
-    return paths
+                          width=s.width, steps=s.steps, cfg_scale=s.cfg_scale, seed=s.seed, latent_norm=norm)
+    names = [f"sample-{s.seed}-{i:03d}.mp4" for i in range(len(frames))]
+    with storage.staged_dir(str(out_dir)) as local:
+        for name, video in zip(names, frames):
+            write_mp4(video, Path(local) / name, fps=s.fps)
+    return [storage.join(str(out_dir), name) for name in names]

@@ -9,9 +9,22 @@ from pydantic import Field
 from .base import Resources, _Section
 
 
+_DTYPES = Literal["auto", "float32", "bfloat16", "float16"]  # auto: bfloat16 on a GPU, float32 on the CPU
+
+
 class PrecomputeConfig(_Section):
+    # a preset ("tiny", "base": random init), a train-vae directory, or diffusers:NAME_OR_PATH[:subfolder]
     vae: str = "tiny"
+    # "tiny" (random), "minilm", "openclip:MODEL[:PRETRAINED]", hf:NAME_OR_PATH[:subfolder] or a HF name/path
     text_encoder: str = "tiny"
+    allow_random_weights: bool = Field(False, description="run with a random VAE or text encoder (tests, demos); "
+                                       "summaries and the manifest say so in capitals")
+    vae_dtype: _DTYPES = "auto"
+    vae_tiling: bool = Field(True, description="diffusers VAEs: encode large frames in overlapping tiles")
+    vae_slicing: bool = Field(True, description="diffusers VAEs: one clip of a batch at a time")
+    vae_tile_px: int | None = Field(None, ge=16, description="tile side in pixels (None: the family's default)")
+    text_max_length: int | None = Field(None, ge=1, description="caption tokens kept (None: the tokenizer's max)")
+    text_dtype: _DTYPES = "auto"
     latent_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     resolutions: list[int] = [64]
     frame_counts: list[int] = [17]
@@ -23,6 +36,8 @@ class PrecomputeConfig(_Section):
     seed: int = 0  # for the per-bucket keep draws
     shard_rows: int = Field(256, ge=1)
     shard_bytes: int = Field(256 * 2**20, ge=1)
+    row_group_rows: int = Field(32, ge=1, description="rows per Parquet row group (at most; also <= 64 MiB, and "
+                                "a shard gets >= 16 groups when it has the rows): the unit a training rank reads")
     batch_size: int = Field(4, ge=1)
     prep_cpus: float = Field(1.0, gt=0)
     prep_concurrency: int = Field(4, ge=1, description="max decode tasks at once")

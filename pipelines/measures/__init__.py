@@ -15,7 +15,7 @@ import json
 import logging
 import numpy as np
 
-from infra.config import MeasuresConfig
+from infra.config import MeasuresConfig, SafetyConfig
 from infra.tables import map_rows
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,8 @@ class MeasureStage:
 
 
 # ----------------------------------------------------------------------------- building stages
-def build_stage(kind: str, m: MeasuresConfig) -> MeasureStage:
-    """The measure stage of one kind ("cheap", "ocr", "clip") from the curate.measures section."""
+def build_stage(kind: str, m: MeasuresConfig, safety: SafetyConfig | None = None) -> MeasureStage:
+    """The measure stage of one kind ("cheap", "ocr", "clip", "safety") from its config section."""
     if kind == "cheap":
         from pipelines.measures.embed import PhashMeasure
         from pipelines.measures.motion import MotionMeasure
@@ -101,12 +101,25 @@ def build_stage(kind: str, m: MeasuresConfig) -> MeasureStage:
 
         return MeasureStage([ClipMeasure(m.clip_model, m.clip_pretrained, m.aesthetic_weights,
                                          embedding=m.embedding, device="cuda" if m.clip_gpus > 0 else "cpu")])
+    if kind == "safety":
+        from pipelines.measures.safety import SafetyMeasure
+
+        s = safety or SafetyConfig()
+        return MeasureStage([SafetyMeasure(s.resolution, use_cuda=s.gpus > 0, threads=max(1, int(s.cpus)))])
     raise ValueError(f"unknown measure stage {kind!r}")
 
 
-def stage_kinds(m: MeasuresConfig) -> list[str]:
+def stage_kinds(m: MeasuresConfig, safety: SafetyConfig | None = None) -> list[str]:
     """Which measure stages the settings switch on, in pipeline order."""
     kinds = ["cheap"] if (m.motion or m.quality or m.embedding) else []
     kinds += ["ocr"] if m.text else []
     kinds += ["clip"] if m.clip_model and (m.embedding or m.aesthetic_weights) else []
+    kinds += ["safety"] if safety is not None and safety.enabled else []
     return kinds
+
+
+def safety_model() -> str:
+    """The safety measure's ONNX file (raises SafetyModelMissing, naming the package, when absent)."""
+    from pipelines.measures.safety import model_path
+
+    return model_path()

@@ -57,6 +57,10 @@ def _cli(jobs, args: list[str]) -> subprocess.CompletedProcess:
      "--model {tmp}/model"),
     ("precompute", ["--clips", "{ref}/captioned", "--output", "{tmp}/latents"], "--output {tmp}/latents"),
     ("train-captioner", ["--clips", "{ref}/curated", "--output", "{tmp}/captioner"], "--output {tmp}/captioner"),
+    ("train", ["--latents", "{ref}/latents", "--output", "{tmp}/train"], "--output {tmp}/train"),
+    ("tune", ["--latents", "{ref}/latents", "--output", "{tmp}/tune", "--set", "tune.space={{train.lr: {{grid: [1.0e-3]}}}}"],
+     "--output {tmp}/tune"),
+    ("train-vae", ["--clips", "{ref}/curated", "--output", "{tmp}/vae"], "--output {tmp}/vae"),
 ])
 def test_local_paths_are_refused_on_a_multi_node_cluster(job, args, named, jobs, tmp_path):
     (tmp_path / "model").mkdir()
@@ -68,7 +72,8 @@ def test_local_paths_are_refused_on_a_multi_node_cluster(job, args, named, jobs,
     text = " ".join(res.stderr.split())  # rich may wrap lines
     assert named.format(**fill) in text and "3 nodes" in text, text[-2000:]
     assert "s3://" in text and "storage.shared_filesystem" in text
-    assert not (tmp_path / "curated").exists() and not (tmp_path / "latents").exists()  # nothing written
+    for name in ("curated", "latents", "train", "tune", "vae", "captioner"):  # nothing written
+        assert not (tmp_path / name).exists(), name
 
 
 def test_a_declared_shared_filesystem_allows_local_paths(jobs, tmp_path):

@@ -13,7 +13,7 @@ import pytest
 from infra import storage
 from infra.config import FiltersConfig, load_config
 from infra import tables as partitions
-from pipelines.filters import FILTERS, apply_filters, drop_counts
+from pipelines.filters import FILTERS, REASONS, apply_filters, drop_counts
 from pipelines.refilter import run_refilter
 from infra.schema import CLIPS_SCHEMA, table_from_rows
 
@@ -34,7 +34,7 @@ def _table(rows):
 
 # Each row fails exactly one threshold of THRESHOLDS, named in the third column.
 CASES = [
-    (dict(end_s=0.4), "min_duration_s"), (dict(end_s=30.0), "max_duration_s"),
+    (dict(nsfw_score=0.9), "max_nsfw"), (dict(end_s=0.4), "min_duration_s"), (dict(end_s=30.0), "max_duration_s"),
     (dict(width=200, height=100), "min_short_side"), (dict(width=200, height=500), "min_aspect"),
     (dict(width=1200, height=200), "max_aspect"), (dict(fps=5.0), "min_fps"), (dict(fps=120.0), "max_fps"),
     (dict(black_ratio=0.75), "max_black_ratio"), (dict(washed_ratio=1.0), "max_washed_ratio"),
@@ -42,7 +42,7 @@ CASES = [
     (dict(sharpness=3.0), "min_sharpness"), (dict(motion=0.01), "min_motion"), (dict(motion=40.0), "max_motion"),
     (dict(text_ratio=0.3), "max_text_ratio"), (dict(aesthetic=2.0), "min_aesthetic"),
 ]
-THRESHOLDS = FiltersConfig(min_duration_s=1.0, max_duration_s=20.0, min_short_side=144, min_aspect=0.5,
+THRESHOLDS = FiltersConfig(max_nsfw=0.5, min_duration_s=1.0, max_duration_s=20.0, min_short_side=144, min_aspect=0.5,
                            max_aspect=3.0, min_fps=12.0, max_fps=60.0, max_black_ratio=0.5, max_washed_ratio=0.5,
                            min_brightness=20.0, max_brightness=240.0, min_sharpness=50.0, min_motion=0.1,
                            max_motion=20.0, max_text_ratio=0.1, min_aesthetic=4.5)
@@ -53,9 +53,9 @@ def test_each_filter_drops_exactly_its_clips():
     rows = [_clip(0)] + [_clip(i + 1, **kw) for i, (kw, _) in enumerate(CASES)]
     keep, reason = apply_filters(_table(rows), THRESHOLDS)
     assert keep.tolist() == [True] + [False] * len(CASES)
-    assert reason.tolist() == [None] + [k for _, k in CASES]
+    assert reason.tolist() == [None] + [REASONS.get(k, k) for _, k in CASES]  # max_nsfw drops as "unsafe"
     # With every threshold off nothing is dropped; a missing measure never fails a filter.
-    keep, reason = apply_filters(_table(rows), FiltersConfig(max_black_ratio=None, max_washed_ratio=None))
+    keep, reason = apply_filters(_table(rows), FiltersConfig(max_black_ratio=None, max_washed_ratio=None, max_nsfw=None))
     assert keep.all() and (reason == None).all()  # noqa: E711
     none = _clip(99, motion=None, aesthetic=None, text_ratio=None)
     assert apply_filters(_table([none]), THRESHOLDS)[0].tolist() == [True]

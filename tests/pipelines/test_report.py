@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -36,6 +37,9 @@ def curated(tmp_path):
                           split_method="content", motion=[0.4, 0.0, 0.1][n], static=n == 1, sharpness=[800.0, 0.0, 5000.0][n],
                           brightness=[60.0, 0.0, 50.0][n], black_ratio=[0.0, 1.0, 0.0][n], washed_ratio=0.0,
                           text_ratio=[0.0, 0.0, 0.2][n], keep=n != 1, drop_reason=None if n != 1 else "max_black_ratio"))
+    a, b = truth["scene_ranges"][0]  # a clip the safety filter dropped: listed, never pictured
+    clips.append(dict(clips[0], clip_id=f"aa11-{a + 1:07d}", start_frame=a + 1, nsfw_score=0.93, keep=False,
+                      drop_reason="unsafe"))
     videos = [dict(video_id="aa11", uri=str(src), status="ok"), dict(video_id="bb22", uri="bad.mp4", status="failed")]
     failures = [dict(uri="bad.mp4", video_id="bb22", stage="probe", error_type="InvalidDataError", message="not a video")]
     out = tmp_path / "out"
@@ -62,6 +66,7 @@ def test_report_is_self_contained_and_every_png_decodes(curated):
         img = cv2.imread(str(out / "report" / s))
         assert img is not None and min(img.shape[:2]) > 50, s
     assert "max_black_ratio" in page and "probe" in page
+    assert "aa11-0000001 (nsfw 0.93, not shown)" in page
     # Thumbnails are cached: with the source gone and decoding off, the sheets still show them.
     thumbs = sorted(p.name for p in (out / "report" / "thumbs").glob("*.png"))
     assert thumbs == ["aa11-0000000.png", "aa11-0000030.png", "aa11-0000060.png"]
@@ -119,3 +124,35 @@ def test_report_renders_in_headless_chromium(curated, tmp_path, cli_env):
                         (out / "report" / "_imgcheck.html").as_uri()).stdout
     loaded = dict(item.split("=") for item in re.search(r'data-loaded="([^"]*)"', checked).group(1).split())
     assert set(loaded) == set(srcs) and all(v != "ERR" and int(v) > 50 for v in loaded.values()), loaded
+
+
+DEDUP_MANIFEST = {"job": "dedup", "run": "00001-abc", "component_steps": 2,
+                  "counts": {"inputs": 1, "parts_new": 1, "parts_skipped": 6, "clips_read": 50, "dataset_clips": 1200,
+                             "pairs": {"perceptual": 3, "semantic": 5}, "clips_in_groups": 120, "groups": 60,
+                             "removed": 60, "removed_by_kind": {"perceptual": 30, "semantic": 60},
+                             "dataset_kept": 1140},
+                  "index": {"perceptual": {"buckets_touched": 40, "index_files_read": 38, "index_files": 64}}}
+BALANCE_MANIFEST = {"job": "balance", "counts": {"inputs": 2, "clips": 415, "clusters": 3, "kept_expected": 140.0},
+                    "clusters": {"sizes": [300, 70, 20], "kept_expected": [50.0, 50.0, 20.0],
+                                 "keep_prob": [0.1667, 0.714, 1.0], "sample_weight": [0.8, 0.8, 2.0]}}
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; `make test` tries)")
+@pytest.mark.parametrize("manifest", [DEDUP_MANIFEST, BALANCE_MANIFEST], ids=["dedup", "balance"])
+def test_dedup_and_balance_reports_render_in_headless_chromium(manifest, tmp_path, cli_env):
+    out = tmp_path / manifest["job"]
+    out.mkdir()
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    res = subprocess.run([sys.executable, "-m", "infra.cli", "report", str(out)], capture_output=True, text=True,
+                         cwd=ROOT, env=cli_env, timeout=120)  # `reelforge report` picks the page by the job
+    assert res.returncode == 0, res.stderr[-2000:]
+    page = (out / "report" / "index.html").read_text()
+    srcs = _referenced(page)
+    assert srcs == (["dedup_funnel.png"] if manifest["job"] == "dedup" else ["balance.png"])
+    assert ("clips removed" in page and "linked by semantic" in page) if manifest["job"] == "dedup" else \
+        ("cluster" in page and "300 / 70 / 20" in page)
+    (out / "report" / "_imgcheck.html").write_text(_IMGCHECK)
+    checked = _chromium(tmp_path, "--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom",
+                        (out / "report" / "_imgcheck.html").as_uri()).stdout
+    loaded = dict(item.split("=") for item in re.search(r'data-loaded="([^"]*)"', checked).group(1).split())
+    assert set(loaded) == set(srcs) and all(v != "ERR" and int(v) > 300 for v in loaded.values()), loaded
