@@ -4,10 +4,9 @@ tiny random placeholder built once into the output (so a resumed job captions wi
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
-import posixpath
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,14 +24,14 @@ def resolve_model(cfg: ReelForgeConfig, output: str, model: str | None) -> Itera
     """(name for the table, what the actors load, placeholder?) for `model` or caption.model.
 
     `tiny-random` is built once (seeded by caption.seed) into `{output}/_models/tiny-captioner`
-    and reused from there, so a resumed job captions with the same weights. For an s3:// output
-    the actors load a local copy that is removed afterwards. A hub name is checked here (config
-    only) so a missing model fails before Ray starts, not inside every actor.
+    and reused from there, so a resumed job captions with the same weights. A hub name is checked here (config
+    only) so a missing model fails before Ray starts, not inside every actor. An s3:// model (or
+    the placeholder of an s3:// output) is loaded by each actor from a copy on its own node.
     """
     name = model or cfg.caption.model
     if name != TINY:
         path = check_available(name)
-        yield name, path, is_placeholder(path)
+        yield name, path, placeholder_at(path)
         return
     c = cfg.caption
     saved = storage.join(output, "_models", "tiny-captioner")
@@ -42,20 +41,21 @@ def resolve_model(cfg: ReelForgeConfig, output: str, model: str | None) -> Itera
             build_tiny_captioner(saved, seed=c.seed, num_frames=c.num_frames)
         yield TINY, saved, True
         return
-    local = tempfile.mkdtemp(prefix="reelforge-tiny-captioner-")
-    try:
-        files = storage.list_files(saved)
-        if any(posixpath.basename(f) == PLACEHOLDER_FILE for f in files):
-            for f in files:
-                Path(local, posixpath.basename(f)).write_bytes(storage.read_bytes(f))
-        else:
+    if not storage.exists(storage.join(saved, PLACEHOLDER_FILE)):
+        with tempfile.TemporaryDirectory(prefix="reelforge-tiny-captioner-") as local:
             build_tiny_captioner(local, seed=c.seed, num_frames=c.num_frames)
             # the placeholder marker goes up last: the saved copy is complete once it is there
             for f in sorted(os.listdir(local), key=lambda f: f == PLACEHOLDER_FILE):
                 storage.write_bytes(storage.join(saved, f), Path(local, f).read_bytes())
-        yield TINY, local, True
-    finally:
-        shutil.rmtree(local, ignore_errors=True)
+    yield TINY, saved, True  # each caption actor copies it from S3 to its own node
+
+
+def placeholder_at(path: str) -> bool:
+    """is_placeholder for a local directory or an s3:// one."""
+    if not storage.is_s3(path):
+        return is_placeholder(path)
+    marker = storage.join(path, PLACEHOLDER_FILE)
+    return storage.exists(marker) and bool(json.loads(storage.read_text(marker)).get("reelforge_tiny_random"))
 
 
 def models_at_start(cfg: ReelForgeConfig, model: str | None, model_free: bool) -> list[str]:
@@ -77,9 +77,14 @@ def models_at_start(cfg: ReelForgeConfig, model: str | None, model_free: bool) -
 
 
 def check_available(name: str) -> str:
-    """What the actors load: an absolute local directory, or a hub name whose config resolves."""
+    """What the actors load: an absolute local directory, an s3:// directory, or a hub name whose config resolves."""
     from transformers import AutoConfig
 
+    if storage.is_s3(name):  # a save_pretrained directory on S3 (e.g. `train-captioner --output s3://...`)
+        if not storage.exists(storage.join(name, "config.json")):
+            raise CaptionerNotAvailable(f"captioner {name!r} holds no config.json: give the s3:// directory "
+                                        "that save_pretrained (or `reelforge train-captioner`) wrote")
+        return name
     if name.startswith(("/", "./", "../", "~")) or os.path.isdir(name):
         path = os.path.abspath(os.path.expanduser(name))
         if not os.path.isdir(path):

@@ -10,6 +10,7 @@ gives `clips/part-{pid}.parquet` and `failures/part-{pid}.parquet` out, then `_m
 
 from __future__ import annotations
 
+import atexit
 import collections
 import functools
 import hashlib
@@ -17,6 +18,8 @@ import json
 import logging
 import math
 import posixpath
+import shutil
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -28,7 +31,8 @@ from captioning.prompts import DEFAULT_PROMPT, PROMPTS, template_fields
 from captioning.resolve import TINY, models_at_start, placeholder_warning, resolve_model
 from infra import selection, storage, tables
 from infra.config import CaptionConfig, ReelForgeConfig
-from infra.runtime import ray_when_needed
+from infra.faults import fault_point
+from infra.runtime import model_path as local_model, placement, ray_when_needed
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +45,8 @@ CAPTION_FIELDS = [
     ("caption_tokens", pa.int64()),  # tokens the model generated
 ]
 # Where the job runs, not what it writes: changing these must not invalidate finished partitions.
-_RESOURCE_KEYS = ("num_gpus", "prep_cpus", "concurrency", "allow_random_weights")
+_RESOURCE_KEYS = ("num_gpus", "prep_cpus", "concurrency", "resources", "prep_resources",
+                  "allow_random_weights")
 # Columns the prep and caption stages read; everything else stays on the driver's side.
 _WORK_COLUMNS = ("clip_id", "video_id", "uri", "start_s", "end_s", "start_frame", "end_frame", "fps")
 
@@ -122,7 +127,27 @@ def _prep_stage(num_frames: int, frame_size: int):
 
 
 def prep_batch(batch: dict[str, np.ndarray], caption: CaptionConfig) -> dict[str, np.ndarray]:
+    fault_point("stage:caption-prep")
     return _prep_stage(caption.num_frames, caption.frame_size)(batch)
+
+
+class CaptionActor:
+    """The caption stage on a Ray actor. A model saved on S3 (`caption --model s3://...`, or the
+    placeholder of an s3:// output) is copied to this node's own temp dir first: on a cluster,
+    nodes share nothing but S3."""
+
+    def __init__(self, model: str, **kwargs):
+        from captioning.captioner import CaptionStage
+
+        if storage.is_s3(model):
+            local = tempfile.mkdtemp(prefix="reelforge-captioner-")
+            atexit.register(shutil.rmtree, local, ignore_errors=True)
+            storage.download_dir(model, local)
+            model = local
+        self.stage = CaptionStage(model=model, **kwargs)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.stage(batch)
 
 
 # ----------------------------------------------------------------------------- partitions
@@ -174,8 +199,6 @@ def _stage_kwargs(cfg: ReelForgeConfig, model_path: str) -> dict:
 def _dataset(cfg: ReelForgeConfig, rows: list[dict], model_path: str):
     import ray
 
-    from captioning.captioner import CaptionStage
-
     c = cfg.caption
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False  # the driver puts rows back in input order
@@ -189,11 +212,12 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict], model_path: str):
     # generation inside the actor (ray-project/ray#54433).
     memory = 768 * 2**20 + 2 * c.batch_size * c.num_frames * c.frame_size**2 * 3
     ds = ds.map_batches(prep_batch, fn_kwargs=dict(caption=c), batch_size=c.batch_size,
-                        num_cpus=c.prep_cpus, memory=memory, zero_copy_batch=False)
-    # A fixed pool of caption.concurrency actors, each loading the model once (concurrency=N).
-    return ds.map_batches(CaptionStage, fn_constructor_kwargs=_stage_kwargs(cfg, model_path),
+                        num_cpus=c.prep_cpus, memory=memory, zero_copy_batch=False, **placement(c.prep_resources))
+    # A fixed pool of caption.concurrency actors, each loading the model once (concurrency=N);
+    # Ray Data restarts an actor lost with its node and retries its batches.
+    return ds.map_batches(CaptionActor, fn_constructor_kwargs=_stage_kwargs(cfg, model_path),
                           compute=ray.data.ActorPoolStrategy(size=c.concurrency), num_gpus=c.num_gpus,
-                          batch_size=c.batch_size, zero_copy_batch=False)
+                          batch_size=c.batch_size, zero_copy_batch=False, **placement(c.resources))
 
 
 def build_manifest(*, cfg: ReelForgeConfig, clips_root: str, output: str, started: float, markers: dict,
@@ -233,7 +257,7 @@ def build_manifest(*, cfg: ReelForgeConfig, clips_root: str, output: str, starte
 
 def _caption_pending(cfg: ReelForgeConfig, pending: list[tables.Partition], model_path: str,
                      commit: Callable[[tables.Partition, dict[int, dict]], None],
-                     progress: Callable | None, done_kept: int) -> None:
+                     progress: Callable | None, done_kept: int, paths: dict[str, str]) -> None:
     """Stream the kept clips of `pending` through prep and caption; commit each part when complete."""
     extra = [*template_fields(_stage_kwargs(cfg, model_path)["prompt"]), *cfg.caption.score_suffix]
     rows, expected = [], {}
@@ -249,7 +273,9 @@ def _caption_pending(cfg: ReelForgeConfig, pending: list[tables.Partition], mode
     if not rows:
         return
     by_pid = {p.pid: p for p in pending}
-    with ray_when_needed(cfg) as ensure_ray:
+    # the prep tasks read the videos, the actors the model: on a cluster, none of it may be local
+    paths = {**paths, "--model": local_model(model_path), "clips' video uri": rows[0]["uri"]}
+    with ray_when_needed(cfg, paths=paths) as ensure_ray:
         ensure_ray()
         tables.commit_as_complete(_dataset(cfg, rows, model_path).iter_rows(), expected,
                                   lambda pid, got: commit(by_pid[pid], {int(r["row"]): r for r in got}),
@@ -298,7 +324,8 @@ def run_caption(cfg: ReelForgeConfig, clips_root: str, output: str | None = None
             for p in pending:
                 commit(p, {})
         else:
-            _caption_pending(cfg, pending, model_path, commit, progress, done_kept)
+            _caption_pending(cfg, pending, model_path, commit, progress, done_kept,
+                             {"--clips": clips_root, "--output": output})
         stream_s = time.perf_counter() - t1
     removed = tables.remove_stale(output, TABLES, {p.pid for p, _ in parts})
     manifest = build_manifest(

@@ -5,8 +5,9 @@ captions from the scene sidecars) or from a curate/caption output root (kept cli
 column when it is filled, else the clip's sidecar or caption.manifest). The driver decodes their
 frames once, as the caption job would; TorchTrainer runs `caption_train.num_workers` workers
 (DDP on gloo for CPU) that each step their share of every batch; rank 0's weights come back as a
-Ray Train checkpoint and are copied into OUTPUT with the processor, so `reelforge caption --model
-OUTPUT` loads them. On a world, the held-out eval clips are captioned and scored at the end.
+Ray Train checkpoint (persisted to OUTPUT/_ray_train: local, or S3 on a cluster) and are written
+to OUTPUT (a local dir or s3://) with the processor, so `reelforge caption --model OUTPUT` loads
+them. On a world, the held-out eval clips are captioned and scored at the end.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -106,8 +106,8 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 # ----------------------------------------------------------------------------- the launcher
-def _fit(cfg: ReelForgeConfig, data: dict, prompt: str, output: str) -> tuple[dict, str]:
-    """Run the TorchTrainer; returns (rank 0's metrics, the checkpoint directory)."""
+def _fit(cfg: ReelForgeConfig, data: dict, prompt: str, output: str, model_dir: str) -> dict:
+    """Run the TorchTrainer and copy rank 0's checkpoint into the local `model_dir`; returns its metrics."""
     import ray
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -115,21 +115,25 @@ def _fit(cfg: ReelForgeConfig, data: dict, prompt: str, output: str) -> tuple[di
     from infra.runtime import ray_session
 
     c = cfg.caption_train
-    with ray_session(cfg):
+    # Ray Train persists rank 0's checkpoint from whichever node it runs on: on a cluster, S3
+    runs = storage.join(output, "_ray_train")
+    fs, runs = storage.filesystem(runs) if storage.is_s3(runs) else (None, os.path.abspath(runs))
+    resources = {"CPU": 1, **({"GPU": 1} if c.use_gpu else {}), **c.resources}
+    with ray_session(cfg, paths={"--output": output}):
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"caption_train": c, "data": [ray.put(data)], "prompt": prompt, "threads": 1},
-            scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu,
-                                         resources_per_worker={"CPU": 1, **({"GPU": 1} if c.use_gpu else {})}),
+            scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
             torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
-            run_config=RunConfig(name="run", storage_path=os.path.abspath(os.path.join(output, "_ray_train"))))
+            run_config=RunConfig(name="run", storage_path=runs, storage_filesystem=fs))
         result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"train-captioner: the run reported no checkpoint ({result.error or 'no error given'})")
-    return dict(result.metrics or {}), result.checkpoint.path
+    result.checkpoint.to_directory(model_dir)
+    return dict(result.metrics or {})
 
 
-def _in_process(cfg: ReelForgeConfig, data: dict, prompt: str, output: str) -> dict:
+def _in_process(cfg: ReelForgeConfig, data: dict, prompt: str, model_dir: str) -> dict:
     """caption_train.num_workers = 0: the same training in this process, without Ray."""
     from captioning.train_captioner import CaptionLoss, build_dataset_from_frames, build_model, save_model, train
 
@@ -137,7 +141,7 @@ def _in_process(cfg: ReelForgeConfig, data: dict, prompt: str, output: str) -> d
     model, processor = build_model(c, c.init)
     ds = build_dataset_from_frames(data["frames"], data["captions"], c, processor, prompt)
     result = train(CaptionLoss(model), ds, c, log=lambda m: log.info("train-captioner %s", m))
-    save_model(model, processor, output, {"trained": True, "prompt": prompt, **result})
+    save_model(model, processor, model_dir, {"trained": True, "prompt": prompt, **result})
     return result
 
 
@@ -154,32 +158,31 @@ def score_model(cfg: ReelForgeConfig, model_dir: str, rows: list[dict], prompt: 
 
 
 def run_train_captioner(cfg: ReelForgeConfig, clips_root: str, output: str) -> dict:
-    """Train a captioner on the captioned clips under `clips_root` into the local dir `output`."""
-    if storage.is_s3(output):
-        raise ValueError("train-captioner --output must be a local directory (the caption job loads it from disk)")
+    """Train a captioner on the captioned clips under `clips_root` into `output` (a local dir or
+    s3://: the model is built in a local dir, scored there, then written to `output` whole)."""
     t0 = time.time()
     prompt = caption_prompt(cfg)
     rows, eval_rows = training_rows(cfg, clips_root)
     data = prepare(cfg, rows)
     prep_s = time.time() - t0
-    Path(output).mkdir(parents=True, exist_ok=True)
-    t1 = time.time()
-    if cfg.caption_train.num_workers == 0:
-        metrics = _in_process(cfg, data, prompt, output)
-    else:
-        metrics, ckpt = _fit(cfg, data, prompt, output)
-        for f in os.listdir(ckpt):
-            shutil.copy2(os.path.join(ckpt, f), os.path.join(output, f))
-    summary = {"output": output, "clips": len(data["captions"]), "prompt": prompt,
-               "steps": metrics.get("steps"), "loss": metrics.get("loss"), "train_s": metrics.get("train_s"),
-               "prep_s": round(prep_s, 1), "fit_s": round(time.time() - t1, 1)}
-    if eval_rows:
-        summary["eval"] = {"clips": len(eval_rows), **score_model(cfg, output, eval_rows, prompt)}
-    summary["wall_s"] = round(time.time() - t0, 1)
-    Path(output, "config.yaml").write_text(cfg.to_yaml())
-    Path(output, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if not storage.is_s3(output):
+        output = os.path.abspath(output)
+    with tempfile.TemporaryDirectory(prefix="reelforge-captioner-") as model_dir:
+        t1 = time.time()
+        if cfg.caption_train.num_workers == 0:
+            metrics = _in_process(cfg, data, prompt, model_dir)
+        else:
+            metrics = _fit(cfg, data, prompt, output, model_dir)
+        summary = {"output": output, "clips": len(data["captions"]), "prompt": prompt,
+                   "steps": metrics.get("steps"), "loss": metrics.get("loss"), "train_s": metrics.get("train_s"),
+                   "prep_s": round(prep_s, 1), "fit_s": round(time.time() - t1, 1)}
+        if eval_rows:
+            summary["eval"] = {"clips": len(eval_rows), **score_model(cfg, model_dir, eval_rows, prompt)}
+        summary["wall_s"] = round(time.time() - t0, 1)
+        Path(model_dir, "config.yaml").write_text(cfg.to_yaml())
+        Path(model_dir, "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        storage.upload_dir(model_dir, output)
     tables.write_manifest(output, {**tables.manifest_header("train-captioner", clips_root, output, t0),
                                    "counts": {"clips": summary["clips"], "eval_clips": len(eval_rows)},
                                    "summary": summary, **tables.manifest_footer(cfg, 1, 0, 0)})
     return summary
-

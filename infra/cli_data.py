@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from infra.cli_common import ConfigOpt, SetOpt, _load, console, exits_on, fail, out, print_plain
+from infra.runtime import SharedStorageError
 
 
 def config_show(config: Optional[str] = ConfigOpt, sets: list[str] = SetOpt) -> None:
@@ -41,7 +42,7 @@ def curate(
     if not input:
         fail("curate", "--input is required (or --refilter)")
     cfg = _load(config, sets)
-    with exits_on("curate", IngestError, SafetyModelMissing), curate_progress(console) as progress:
+    with exits_on("curate", IngestError, SharedStorageError, SafetyModelMissing), curate_progress(console) as progress:
         manifest = run_curate(cfg, input, output, progress=progress)
     print_curate_summary(out, manifest)
     if cfg.curate.report:
@@ -92,7 +93,7 @@ def balance(
 def caption(
     clips: str = typer.Option(..., "--clips", help="a curate output root (reads its clips/ table); local or s3://"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="output root (default: CLIPS/captioned)"),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="captioner: hub name or local dir (default: caption.model)"),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="captioner: hub name, local dir or s3:// dir (default: caption.model)"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,
 ) -> None:
@@ -102,7 +103,7 @@ def caption(
     from infra.summary import caption_progress, print_caption_summary
 
     cfg = _load(config, sets)
-    with exits_on("caption", CaptionInputError, CaptionerNotAvailable), caption_progress(console) as progress:
+    with exits_on("caption", CaptionInputError, CaptionerNotAvailable, SharedStorageError), caption_progress(console) as progress:
         manifest = run_caption(cfg, clips, output, model=model, progress=progress)
     print_caption_summary(out, manifest)
 
@@ -119,7 +120,7 @@ def precompute(
 
     cfg = _load(config, sets)
     output = output or clips.rstrip("/").rsplit("/", 1)[0] + "/latents"
-    with exits_on("precompute", PrecomputeError), curate_progress(console, "precompute") as progress:
+    with exits_on("precompute", PrecomputeError, SharedStorageError), curate_progress(console, "precompute") as progress:
         manifest = run_precompute(cfg, clips, output, progress=progress)
     print_precompute_summary(out, manifest)
 

@@ -158,7 +158,7 @@ def eval_cmd(
 
 def train_captioner(
     clips: str = typer.Option(..., "--clips", help="a world dir (demo-data) or a curate/caption output root"),
-    output: str = typer.Option(..., "--output", "-o", help="local dir for the model (then: caption --model)"),
+    output: str = typer.Option(..., "--output", "-o", help="local dir or s3:// dir for the model (then: caption --model)"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,
 ) -> None:

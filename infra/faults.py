@@ -7,12 +7,16 @@ unless the environment variable REELFORGE_FAULT arms a fault there. Its value is
 - `kill_once=STAGE:MARKER`: the first task of curate stage STAGE (probe, split, frames, ...) to
   create the file MARKER kills its own worker process (exit 137, as an OOM kill), once; Ray must
   retry the task. Point: `stage:STAGE`, in the worker.
+- `slow=STAGE:SECONDS`: every task of stage STAGE (a curate stage, `caption-prep`,
+  `precompute-prep`) sleeps SECONDS first, so a test can lose a node while the stage is busy.
+  Point: `stage:STAGE`, in the worker.
 - `crash_after_commits=N`: SIGKILL the driver's process group right after its N-th partition
   commit, as a killed driver dies. Point: `commit`, in the driver.
 - `crash_after_trials=N`: SIGKILL the tune driver's process group once N trials have ended and
   Tune's saved experiment state records them. Point: `tune:step`, in the tune driver.
 
-The reliability tests set it on the subprocess they crash; nothing else ever should.
+The reliability tests set it on the subprocess they crash; nothing else ever should. A job that
+joins a cluster forwards it to its workers (infra.runtime), as it forwards the storage settings.
 """
 
 from __future__ import annotations
@@ -22,11 +26,17 @@ import json
 import logging
 import os
 import signal
+import time
 
 log = logging.getLogger(__name__)
 ENV = "REELFORGE_FAULT"
 
 _commits = 0
+
+
+def armed_env() -> dict[str, str]:
+    """{REELFORGE_FAULT: spec} when a fault is armed in this process, else {}: for the workers."""
+    return {ENV: os.environ[ENV]} if os.environ.get(ENV) else {}
 
 
 def _armed() -> dict[str, str]:
@@ -39,6 +49,10 @@ def fault_point(where: str, **context) -> None:
     armed = _armed()
     if not armed:
         return
+    if where.startswith("stage:") and "slow" in armed:
+        stage, _, seconds = armed["slow"].partition(":")
+        if stage == where[len("stage:"):]:
+            time.sleep(float(seconds))
     if where.startswith("stage:") and "kill_once" in armed:
         _kill_once(where[len("stage:"):], armed["kill_once"])
     elif where == "commit" and "crash_after_commits" in armed:

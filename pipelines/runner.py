@@ -23,7 +23,7 @@ import numpy as np
 from infra import storage, tables
 from infra.config import CurateConfig, ReelForgeConfig, SafetyConfig
 from infra.faults import fault_point
-from infra.runtime import ray_when_needed
+from infra.runtime import placement, ray_when_needed
 from infra.schema import CLIPS_SCHEMA, VIDEOS_SCHEMA, table_from_rows, video_id_for
 from infra.tables import batch_rows, map_rows, rows_batch
 from pipelines import ingest, measures, refilter
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 TABLES = ["videos", "clips", "failures"]
 # Config that is re-applied at every job end without decoding: changing it keeps the partitions.
 RECOMPUTE_FREE = ("curate.filters", "curate.dedup", "curate.materialize", "curate.report",
-                  "curate.measures.allow_random_weights")
+                  "curate.measures.allow_random_weights", "curate.resources")  # resources: where stages run
 
 
 # ----------------------------------------------------------------------------- stage tasks
@@ -151,13 +151,15 @@ def add_stage(ds, cfg: ReelForgeConfig, kind: str):
         cpus, gpus, size = {"ocr": (m.ocr_cpus, m.ocr_gpus, m.ocr_concurrency),
                             "clip": (m.clip_cpus, m.clip_gpus, m.clip_concurrency),
                             "safety": (s.cpus, s.gpus, s.concurrency)}[kind]
+        # an actor lost with its node is restarted, and its batches retried, on another node
         return ds.map_batches(StageActor, fn_constructor_kwargs=fn_kwargs, compute=ray.data.ActorPoolStrategy(size=size),
-                              num_cpus=cpus, num_gpus=gpus or None, batch_size=1, zero_copy_batch=False)
+                              num_cpus=cpus, num_gpus=gpus or None, batch_size=1, zero_copy_batch=False,
+                              **placement(c.resources))
     cpus = {"probe": c.probe_cpus, "split": c.split_cpus, "frames": m.frames_cpus, "cheap": m.cheap_cpus,
             "materialize": c.materialize.cpus}[kind]
-    # Ray retries a task whose worker died (default max_retries); a bad *row* never raises.
+    # Ray retries a task whose worker (or node) died; a bad *row* never raises.
     return ds.map_batches(run_stage_batch, fn_kwargs=fn_kwargs, num_cpus=cpus, batch_size=1,
-                          concurrency=c.concurrency, zero_copy_batch=False)
+                          concurrency=c.concurrency, zero_copy_batch=False, **placement(c.resources))
 
 
 def input_rows(pending: list[tables.Partition]) -> list[dict]:
@@ -269,11 +271,13 @@ def run_curate(cfg: ReelForgeConfig, source: str, output: str, progress: Callabl
     fingerprint = curate_fingerprint(cfg)
     markers = tables.completed(output, plan, fingerprint)
     pending = [p for p in plan if p.pid not in markers]
-    tables.open_output(cfg, output)
-    log.info("curate: %d inputs in %d partitions; %d complete, skipping them", len(uris), len(plan), len(markers))
-    if progress:
-        progress("start", len(uris), sum(len(p.uris) for p in plan if p.pid in markers))
-    with ray_when_needed(cfg) as ensure_ray:
+    # workers on every node read the inputs and write the output: on a cluster, no local paths
+    paths = {"--output": output, "--input": source if any("://" not in u for u in uris) else None}
+    with ray_when_needed(cfg, paths=paths) as ensure_ray:
+        tables.open_output(cfg, output)
+        log.info("curate: %d inputs in %d partitions; %d complete, skipping them", len(uris), len(plan), len(markers))
+        if progress:
+            progress("start", len(uris), sum(len(p.uris) for p in plan if p.pid in markers))
         t1 = time.perf_counter()
         if pending:
             ensure_ray()

@@ -18,7 +18,8 @@ import numpy as np
 
 from infra import selection, storage, tables
 from infra.config import ReelForgeConfig
-from infra.runtime import ray_when_needed
+from infra.faults import fault_point
+from infra.runtime import model_path, placement, ray_when_needed
 from infra.schema import LATENTS_SCHEMA, LATENTS_STATISTICS, table_from_rows
 from pipelines import precompute
 
@@ -113,6 +114,7 @@ def row_group_rows(rows: list[dict], limit: int, max_bytes: int = ROW_GROUP_BYTE
 
 
 def _prep_batch(batch: dict) -> dict:
+    fault_point("stage:precompute-prep")
     return precompute.PixelPrepStage()(batch)
 
 
@@ -127,9 +129,10 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict]):
     # Prep as plain tasks over small batches: decoding needs no state, and per-row scheduling
     # would cost more than decoding a short clip.
     ds = ds.map_batches(_prep_batch, batch_size=p.batch_size, num_cpus=p.prep_cpus,
-                        concurrency=max(1, p.prep_concurrency), zero_copy_batch=False)
+                        concurrency=max(1, p.prep_concurrency), zero_copy_batch=False, **placement(p.prep_resources))
+    # an encoder actor lost with its node is restarted by Ray Data, and its batches retried
     ds = ds.map_batches(precompute.EncodeStage, batch_size=p.batch_size, concurrency=p.concurrency,
-                        num_gpus=p.num_gpus, num_cpus=p.encode_cpus, zero_copy_batch=False,
+                        num_gpus=p.num_gpus, num_cpus=p.encode_cpus, zero_copy_batch=False, **placement(p.resources),
                         fn_constructor_kwargs=dict(precompute=p, device="cuda" if p.num_gpus > 0 else "cpu"))
     return ds
 
@@ -159,23 +162,28 @@ def run_precompute(cfg: ReelForgeConfig, clips_root: str, output: str,
     spec, random_notes = models_at_start(cfg)
     rows, dropped, n_clips = plan_clips(cfg, clips_root, spec)
     shards = plan_shards(rows, cfg.precompute.shard_rows, cfg.precompute.shard_bytes)
-    fingerprint = cfg.fingerprint("precompute") + selection.identity(cfg)
+    fingerprint = cfg.fingerprint("precompute", exclude=("precompute.resources", "precompute.prep_resources"))
+    fingerprint += selection.identity(cfg)
     plan = [tables.Partition(pid, tuple(r["clip_id"] for r in s)) for pid, s in shards]
     markers = tables.completed(output, plan, fingerprint)
     pending = [(pid, s) for pid, s in shards if pid not in markers]
-    tables.open_output(cfg, output)
-    log.info("precompute: %d clips, %d eligible in %d shards; %d complete, skipping them",
-             n_clips, len(rows), len(shards), len(markers))
-    if progress:
-        progress("start", len(rows), sum(len(s) for pid, s in shards if pid in markers))
-    t0 = time.perf_counter()
-    if pending:
-        def commit(pid: str, shard_rows: list[dict]) -> None:
-            markers[pid] = _commit(output, pid, shard_rows, fingerprint, cfg.precompute.row_group_rows)
+    # decode tasks read the clips' videos, encoder actors load the models: on a cluster none may be local
+    paths = {"--clips": clips_root, "--output": output, "clips' video uri": rows[0]["uri"] if rows else None,
+             "precompute.vae": model_path(cfg.precompute.vae),
+             "precompute.text_encoder": model_path(cfg.precompute.text_encoder)}
+    with ray_when_needed(cfg, paths=paths) as ensure_ray:
+        tables.open_output(cfg, output)
+        log.info("precompute: %d clips, %d eligible in %d shards; %d complete, skipping them",
+                 n_clips, len(rows), len(shards), len(markers))
+        if progress:
+            progress("start", len(rows), sum(len(s) for pid, s in shards if pid in markers))
+        t0 = time.perf_counter()
+        if pending:
+            def commit(pid: str, shard_rows: list[dict]) -> None:
+                markers[pid] = _commit(output, pid, shard_rows, fingerprint, cfg.precompute.row_group_rows)
 
-        items = [{**r, "shard": pid} for pid, s in pending for r in s]
-        with ray_when_needed(cfg) as ensure_ray:
             ensure_ray()
+            items = [{**r, "shard": pid} for pid, s in pending for r in s]
             tables.commit_as_complete(_dataset(cfg, items).iter_rows(), {pid: len(s) for pid, s in pending}, commit,
                                       key="shard", progress=progress, unit="clip")
     encode_wall = time.perf_counter() - t0

@@ -350,7 +350,8 @@ def run_train(cfg: ReelForgeConfig, latents_uri: str, output: str | None = None)
     planned = plan_run(cfg, latents_uri)  # a missing or mixed latents table fails before Ray starts
     check_resume(output, planned[1])  # a run never continues on latents of a different VAE
     t0 = time.time()
-    with ray_session(cfg):
+    # every worker reads the latents and writes checkpoints: on a cluster neither may be local
+    with ray_session(cfg, paths={"--latents": latents_uri, "--output": output}):
         trainer, plan = build_trainer(cfg, latents_uri, output, planned=planned)
         result = trainer.fit()
     return finish_run(cfg, result, plan, output, time.time() - t0)

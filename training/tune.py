@@ -182,7 +182,7 @@ def run_tune(cfg: ReelForgeConfig, latents_uri: str, output: str | None = None, 
     plan_run(cfg, latents_uri)  # a missing or mixed latents table fails before Ray starts
     t0 = time.time()
     # the state API: a stopped trial's workers are freed only when Ray Train can ask it (runtime.py)
-    with ray_session(cfg, state_api=True):
+    with ray_session(cfg, state_api=True, paths={"--latents": latents_uri, "--output": output}):
         _check_cpus(cfg)
         exists = _experiment_exists(output)
         if exists and not resume:

@@ -200,7 +200,7 @@ def run_train_vae(cfg, clips_uri: str, output: str | None = None) -> dict:
     resources = {"CPU": t.cpus_per_worker, **t.resources, **({"GPU": 1} if t.use_gpu else {})}
     runs = tempfile.mkdtemp(prefix="rf-train-vae-")  # Ray Train's own run state; no checkpoint is kept there
     try:
-        with ray_session(cfg):
+        with ray_session(cfg, paths={"--clips": clips_uri, "--output": output}):
             trainer = TorchTrainer(
                 _vae_worker, train_loop_config={"config": cfg, "clips": clips_uri, "output": output},
                 scaling_config=ScalingConfig(num_workers=1, use_gpu=t.use_gpu, resources_per_worker=resources),

@@ -48,6 +48,9 @@ class StorageConfig(_Section):
     region: str | None = None
     retries: int = Field(5, ge=1)
     backoff_s: float = Field(0.2, ge=0)
+    # every node mounts the same filesystem at the same path (NFS, FSx, ...): local paths are then
+    # allowed on a multi-node cluster (infra.runtime.require_shared_paths)
+    shared_filesystem: bool = False
 
 
 class ReelForgeConfig(_Section):

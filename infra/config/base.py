@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class ConfigError(ValueError):
@@ -12,3 +14,8 @@ class ConfigError(ValueError):
 class _Section(BaseModel):
     # strict: a string where a number belongs is an error, not a silent coercion
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+# Ray custom resources a stage asks for, e.g. {"cpu_node": 0.01}: a node label in practice (a small
+# fraction never limits how many tasks share a node). Where the job runs, not what it writes.
+Resources = dict[str, Annotated[float, Field(gt=0)]]

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import _Section
+from .base import Resources, _Section
 
 
 class CaptionConfig(_Section):
@@ -21,6 +21,10 @@ class CaptionConfig(_Section):
     num_gpus: float = Field(0.0, ge=0)
     prep_cpus: float = Field(1.0, gt=0)
     concurrency: int = Field(1, ge=1)
+    # Ray custom resources (where the job runs, not what it writes): the caption actors ask for
+    # `resources` (e.g. {gpu_node: 0.01}), the frame-prep (decode) tasks for `prep_resources`
+    resources: Resources = {}
+    prep_resources: Resources = {}
     do_sample: bool = False
     seed: int = 0
     score_suffix: list[str] = []
@@ -67,5 +71,6 @@ class CaptionTrainConfig(_Section):
     position_embedding_std: float = Field(0.3, ge=0, description="init of the ViT position embeddings (CLIP: 0.02)")
     num_workers: int = Field(2, ge=0, description="Ray Train workers (DDP, gloo on CPU); 0 = in this process")
     use_gpu: bool = False
+    resources: Resources = {}  # Ray custom resources of each worker, e.g. {gpu_node: 0.01}
     log_every: int = Field(50, ge=1)
     seed: int = 0

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from .base import _Section
+from .base import Resources, _Section
 
 
 class MeasuresConfig(_Section):
@@ -105,6 +105,9 @@ class CurateConfig(_Section):
     probe_cpus: float = Field(1.0, gt=0)
     split_cpus: float = Field(1.0, gt=0)
     concurrency: int | None = Field(None, ge=1, description="max parallel tasks per stage")
+    # Ray custom resources every curate stage asks for (probe, split, frames, measures, materialize),
+    # e.g. {cpu_node: 0.01}: where the job runs, not what it writes (not in the fingerprint)
+    resources: Resources = {}
     measures: MeasuresConfig = MeasuresConfig()
     filters: FiltersConfig = FiltersConfig()
     dedup: DedupConfig = DedupConfig()

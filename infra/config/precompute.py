@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from .base import _Section
+from .base import Resources, _Section
 
 
 _DTYPES = Literal["auto", "float32", "bfloat16", "float16"]  # auto: bfloat16 on a GPU, float32 on the CPU
@@ -29,7 +29,7 @@ class PrecomputeConfig(_Section):
     resolutions: list[int] = [64]
     frame_counts: list[int] = [17]
     aspect_ratios: list[str] = ["1:1", "4:3", "16:9"]
-    keep_prob: dict[str, float] = {}
+    keep_prob: Resources = {}
     frame_stride: int = Field(1, ge=1, description="take every k-th source frame (lower fps, longer span)")
     batch_invariant: bool = Field(True, description="encode clip by clip so outputs never depend on batching "
                                   "(bit-equal resume); false batches the VAE for throughput")
@@ -44,3 +44,7 @@ class PrecomputeConfig(_Section):
     encode_cpus: float = Field(1.0, ge=0)
     num_gpus: float = Field(0.0, ge=0)
     concurrency: int = Field(1, ge=1, description="encoder actors")
+    # Ray custom resources (where the job runs, not what it writes): the encoder actors ask for
+    # `resources` (e.g. {gpu_node: 0.01}), the decode tasks for `prep_resources`
+    resources: Resources = {}
+    prep_resources: Resources = {}

@@ -22,6 +22,9 @@ def test_tiny_preset_loads_and_overrides_apply():
     ("train.zero_stage=7", "'train.zero_stage'"),
     ("nosection.x=1", "unknown key 'nosection'"),
     ("curate.partition_size=0", "'curate.partition_size'"),
+    ("caption.resources={gpu_node: 0}", "'caption.resources.gpu_node'"),
+    ("precompute.prep_resources=cpu_node", "'precompute.prep_resources'"),
+    ("storage.shared_filesystem=maybe", "'storage.shared_filesystem'"),
 ])
 def test_bad_override_names_the_key(override, needle):
     with pytest.raises(ConfigError) as err:
@@ -67,3 +70,32 @@ def test_cli_config_show_and_errors():
 @pytest.mark.parametrize("preset", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_every_preset_loads(preset):
     load_config(ROOT / "configs" / preset)
+
+
+def test_cluster_preset_places_decode_on_cpu_nodes_and_models_on_gpu_nodes():
+    cfg = load_config(ROOT / "configs" / "cluster.yaml")
+    assert cfg.curate.resources == {"cpu_node": 0.01}
+    assert cfg.caption.prep_resources == cfg.precompute.prep_resources == {"cpu_node": 0.01}
+    assert cfg.caption.resources == cfg.precompute.resources == cfg.caption_train.resources == {"gpu_node": 0.01}
+    assert cfg.storage.shared_filesystem is False  # a multi-node job refuses local paths
+
+
+def test_placement_keys_do_not_change_what_a_job_writes():
+    """resources say where stages run: changing them keeps finished partitions (curate, precompute)."""
+    from pipelines.runner import RECOMPUTE_FREE
+
+    a = load_config(None)
+    b = load_config(None, ["curate.resources={cpu_node: 1}", "precompute.resources={gpu_node: 1}",
+                           "precompute.prep_resources={cpu_node: 1}"])
+    assert a.fingerprint("curate", exclude=RECOMPUTE_FREE) == b.fingerprint("curate", exclude=RECOMPUTE_FREE)
+    placement = ("precompute.resources", "precompute.prep_resources")
+    assert a.fingerprint("precompute", exclude=placement) == b.fingerprint("precompute", exclude=placement)
+
+
+def test_model_specs_that_are_local_paths(tmp_path):
+    from infra.runtime import model_path
+
+    assert model_path(str(tmp_path)) == str(tmp_path) and model_path("./m") == "./m"
+    assert model_path(f"diffusers:{tmp_path}") == str(tmp_path)
+    for spec in ("tiny", "google/t5-v1_1-xxl", "s3://b/models/vae", "diffusers:Wan-AI/Wan2.1", None):
+        assert model_path(spec) is None, spec

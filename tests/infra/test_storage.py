@@ -39,6 +39,21 @@ def test_s3_parquet_round_trip(s3_bucket):
     assert keys == ["ds/part-00000.parquet", "ds/part-00001.parquet"]
 
 
+def test_directories_go_up_to_s3_and_come_back_whole(s3_bucket, tmp_path):
+    """upload_dir / download_dir: how a model directory travels between nodes through S3."""
+    src = tmp_path / "model"
+    (src / "sub").mkdir(parents=True)
+    (src / "config.json").write_text("{}")
+    (src / "sub" / "weights.bin").write_bytes(os.urandom(1000))
+    storage.upload_dir(str(src), f"{s3_bucket}/models/m")
+    assert storage.list_files(f"{s3_bucket}/models/m") == [f"{s3_bucket}/models/m/config.json",
+                                                           f"{s3_bucket}/models/m/sub/weights.bin"]
+    back = storage.download_dir(f"{s3_bucket}/models/m", str(tmp_path / "back"))
+    assert back == ["config.json", "sub/weights.bin"]
+    assert (tmp_path / "back" / "sub" / "weights.bin").read_bytes() == (src / "sub" / "weights.bin").read_bytes()
+    assert (tmp_path / "back" / "config.json").read_text() == "{}"
+
+
 def test_s3_survives_throttling_and_dropped_connections(s3_bucket, faulty_s3):
     faulty_s3.fail_next = 1  # the endpoint answers the first request with 503 SlowDown
     storage.write_table(_table(), f"{s3_bucket}/r/part-0.parquet")
