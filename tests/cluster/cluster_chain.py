@@ -63,4 +63,6 @@ def argv(job: str, upstream: str, out: str, on_cluster: bool) -> list[str]:
     sets = [*COMMON, *(TUNE if job == "tune" else []), *CPUS.get(job, [])]
     if on_cluster:
         sets += placement_sets()
+        if job == "train":  # train.resources and STRICT_SPREAD: one worker on each cpu_node node
+            sets += ["train.resources={cpu_node: 0.01}", "train.placement_strategy=STRICT_SPREAD"]
     return [job, *paths, "--config", "configs/tiny.yaml", *[a for s in sets for a in ("--set", s)]]

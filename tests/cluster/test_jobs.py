@@ -51,7 +51,8 @@ def test_job_with_ray_address_runs_across_nodes_and_equals_one_node(job, jobs, n
 
 
 def test_train_workers_ran_on_two_nodes(submitted, jobs, node_names):
-    """train (ZeRO-2, 2 workers of 1 CPU each on 1-CPU nodes): one Ray Train worker per node."""
+    """train (ZeRO-2, 2 workers asking for `cpu_node` with train.placement_strategy STRICT_SPREAD):
+    one Ray Train worker on each of two nodes."""
     run = submitted("train")
     workers = [a for a in jobs.actors(run.ray_job_id) if "RayTrainWorker" in a.class_name]
     nodes = sorted(node_names[a.node_id] for a in workers)

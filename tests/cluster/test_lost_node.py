@@ -33,7 +33,7 @@ CASES = {  # job -> (fault that slows one stage, that stage's Ray task name, wha
 }
 # train: both workers of 0.5 CPU on one node (Ray Train packs them), so losing that node loses the
 # whole worker group, which restarts on the two nodes left (the read tasks need a CPU beside it)
-TRAIN_SETS = ["train.cpus_per_worker=0.5"]
+TRAIN_SETS = ["train.cpus_per_worker=0.5", "train.placement_strategy=PACK"]
 
 
 def _progress(uri: str | None) -> bool:
