@@ -43,7 +43,7 @@ CAPTION_FIELDS = [
 # Where the job runs, not what it writes: changing these must not invalidate finished partitions.
 _RESOURCE_KEYS = ("num_gpus", "prep_cpus", "concurrency")
 # Columns the prep and caption stages read; everything else stays on the driver's side.
-_WORK_COLUMNS = ("clip_id", "video_id", "uri", "start_s", "end_s", "start_frame", "end_frame", "fps")
+_WORK_COLUMNS = ("clip_id", "video_id", "uri", "start_s", "end_s", "start_frame", "end_frame", "fps", "media_type")
 
 
 class CaptionInputError(ValueError):
