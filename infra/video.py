@@ -208,6 +208,29 @@ def read_image(uri: str) -> np.ndarray:
     return decode_image(read_bytes(uri))
 
 
+def read_frames(uri: str, size: tuple[int, int] | None = None, max_frames: int | None = None,
+                last: bool = False) -> np.ndarray:
+    """Every frame (N,H,W,3) uint8 of a video in presentation order (an image: its one frame),
+    cover-resized and centre-cropped to `size`; at most `max_frames`, the first or the `last` ones."""
+    import collections
+
+    if is_image(uri):
+        return _resize(read_image(uri)[None], size, None, True)
+
+    def run(src):
+        with av.open(src) as container:
+            kept = collections.deque(maxlen=max_frames if last else None)
+            for frame in _decode_tolerant(container, container.streams.video[0]):
+                kept.append(_rotated(frame))
+                if max_frames and not last and len(kept) == max_frames:
+                    break
+        if not kept:
+            raise RuntimeError(f"no frame of {uri} decodes")
+        return np.stack(kept)
+
+    return _resize(_with_source(uri, run), size, None, True)
+
+
 def sample_frames(uri: str, start_s: float | None = None, end_s: float | None = None, *,
                   num_frames: int | None = 8, fps: float | None = None,
                   size: tuple[int, int] | None = None, short_side: int | None = None,
