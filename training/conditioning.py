@@ -57,7 +57,7 @@ def _pixels(uri: str, s, max_frames: int | None = None, last: bool = False):
     return read_frames(uri, size=(s.height, s.width), max_frames=max_frames, last=last)
 
 
-def _placed(z: torch.Tensor, total: int, at_end: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def placed(z: torch.Tensor, total: int, at_end: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """z (1, C, T, H, W) at the start (or end) of `total` latent frames, zeros elsewhere, and the mask."""
     clean = torch.zeros(*z.shape[:2], total, *z.shape[3:])
     mask = torch.zeros(1, total, dtype=torch.bool)
@@ -68,7 +68,7 @@ def _placed(z: torch.Tensor, total: int, at_end: bool) -> tuple[torch.Tensor, to
 
 def animate(vae, norm, image: str, s) -> FrameCondition:
     z = encode(vae, norm, _pixels(image, s)[:1])  # (1, C, 1, H', W')
-    return FrameCondition(*_placed(z, vae.latent_frames(s.num_frames), at_end=False), mode="animate")
+    return FrameCondition(*placed(z, vae.latent_frames(s.num_frames), at_end=False), mode="animate")
 
 
 def extend(vae, norm, video: str, new_frames: int, s, backward: bool = False) -> FrameCondition:
@@ -77,7 +77,7 @@ def extend(vae, norm, video: str, new_frames: int, s, backward: bool = False) ->
     tc = vae.temporal_compression
     frames = _pixels(video, s, max_frames=causal_window(s.num_frames, tc), last=not backward)
     z = encode(vae, norm, frames[: causal_window(len(frames), tc)])
-    return FrameCondition(*_placed(z, z.shape[2] + new_frames, at_end=backward),
+    return FrameCondition(*placed(z, z.shape[2] + new_frames, at_end=backward),
                           mode="extend backward" if backward else "extend")
 
 
@@ -89,7 +89,7 @@ def connect(vae, norm, first: str, second: str, s) -> FrameCondition:
     z_a = encode(vae, norm, _pixels(first, s, max_frames=1, last=True))  # A's last frame, alone
     b = _pixels(second, s, max_frames=1 + tc)
     z_b = encode(vae, norm, b[: causal_window(len(b), tc)])[:, :, -1:]  # B's opening frames
-    clean, mask = _placed(z_a, total, at_end=False)
+    clean, mask = placed(z_a, total, at_end=False)
     clean[:, :, -1:], mask[:, -1] = z_b, True
     return FrameCondition(clean, mask, mode="connect")
 
