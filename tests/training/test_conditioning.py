@@ -4,22 +4,9 @@ sampler keeping conditioning frames fixed, and SDEdit's partial noising."""
 import pytest
 import torch
 
+from tests.training.test_flow import condition, randomize
 from training import flow
 from training.models.dit import build_dit
-
-
-def randomize(model, seed=0, std=0.05):
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(std * torch.randn(p.shape, generator=gen))
-    return model
-
-
-def condition(batch=2, length=5, dim=32):
-    gen = torch.Generator().manual_seed(3)
-    return {"text_tokens": torch.randn(batch, length, dim, generator=gen),
-            "text_mask": torch.ones(batch, length, dtype=torch.bool)}
 
 
 class Recorder(torch.nn.Module):
