@@ -137,7 +137,7 @@ def run_ray(model: str, batch: dict, args) -> dict:
                               num_frames=args.num_frames, frame_size=args.frame_size,
                               batch_size=args.batch_size, dtype=args.dtype, device=args.device,
                               num_gpus=1.0 if args.device == "cuda" else 0.0, seed=args.seed,
-                              concurrency=args.ray_actors),
+                              concurrency=args.ray_actors, allow_random_weights=args.model is None),
         ray=RayConfig(num_cpus=args.ray_cpus))
     started_ray = init_ray(cfg)
     runs = []

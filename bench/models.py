@@ -1,11 +1,15 @@
-"""VideoDiT benchmark: prints JSON lines.
+"""Model benchmarks: print JSON lines.
 
 1. params and forward FLOPs per token (from the config) of every preset at a reference grid;
 2. forward+backward time and tokens/s of VDiT-S/2 on CPU at two latent grids;
-3. with CUDA: bf16 (autocast) training-step throughput and MFU of VDiT-B/2.
+3. with CUDA: bf16 (autocast) training-step throughput and MFU of VDiT-B/2;
+4. `--vae`: encode clips/s and peak RSS of every diffusers VAE family (tiny random instances of the
+   real classes, loaded by path as precompute loads them) at one size, with tiling on and off; each
+   configuration runs in a fresh process so its peak RSS is its own.
 
 MFU counts training as 3x forward FLOPs, attention included (flops_per_token).
     python bench/models.py --threads 1
+    PYTHONPATH=. python bench/models.py --vae --frames-k 4 --size 128 --tile-px 64
 """
 
 from __future__ import annotations
@@ -53,6 +57,44 @@ def emit(**row):
     print(json.dumps(row), flush=True)
 
 
+def vae_encode_bench(family: str, tiling: bool, k: int, size: int, tile_px: int, clips: int, threads: int) -> dict:
+    """One VAE family, one setting: encode `clips` clips of 1 + k*temporal frames at size x size (child process)."""
+    import resource
+    import tempfile
+
+    from tests.tiny_models import VAE_FAMILIES, save_vae
+    from training.models.vae import load_vae
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as d:
+        vae = load_vae(f"diffusers:{save_vae(family, d)}", tiling=tiling, tile_px=tile_px)
+    frames = 1 + k * VAE_FAMILIES[family][3]
+    x = torch.rand(1, 3, frames, size, size) * 2 - 1
+    with torch.no_grad():
+        vae.encode(x).mode()  # warm-up
+        start = time.perf_counter()
+        for _ in range(clips):
+            z = vae.encode(x).mode()
+        seconds = time.perf_counter() - start
+    return {"bench": "vae_encode", "family": family, "class": type(vae.model).__name__, "tiling": tiling,
+            "tile_px": tile_px if tiling else None, "clip": [frames, size, size], "latent": list(z.shape[1:]),
+            "clips_per_s": round(clips / seconds, 3), "peak_rss_mb": round(resource.getrusage(
+                resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "threads": threads}
+
+
+def vae_benches(args) -> None:
+    import multiprocessing
+
+    from tests.tiny_models import VAE_FAMILIES
+
+    ctx = multiprocessing.get_context("spawn")  # a fresh process per setting: its own peak RSS
+    for family in VAE_FAMILIES:
+        for tiling in (False, True):
+            with ctx.Pool(1) as pool:
+                emit(**pool.apply(vae_encode_bench, (family, tiling, args.frames_k, args.size, args.tile_px,
+                                                     args.clips, args.threads)))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
@@ -62,9 +104,17 @@ def main():
     parser.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
     parser.add_argument("--gpu-batch", type=int, default=8)
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--vae", action="store_true", help="only the VAE family encode benchmark")
+    parser.add_argument("--frames-k", type=int, default=4, help="VAE clips: 1 + k * temporal frames")
+    parser.add_argument("--size", type=int, default=128, help="VAE clips: size x size pixels")
+    parser.add_argument("--tile-px", type=int, default=64, help="tile side when tiling is on")
+    parser.add_argument("--clips", type=int, default=3, help="VAE clips timed per setting")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if args.vae:
+        vae_benches(args)
+        return
 
     # 1. params and FLOPs per token from the config
     for name, config in VDIT_PRESETS.items():

@@ -46,7 +46,7 @@ def make_captioned(work: Path, n_videos: int) -> Path:
 def plain_loop(cfg, captioned: Path) -> dict:
     rows, _, _ = plan_clips(cfg, str(captioned))
     prep = precompute.PixelPrepStage()
-    enc = precompute.EncodeStage(cfg.precompute.vae, cfg.precompute.text_encoder, cfg.precompute.latent_dtype)
+    enc = precompute.EncodeStage(cfg.precompute)
     enc.setup()
     t0 = time.perf_counter()
     done, nbytes, bs = 0, 0, cfg.precompute.batch_size

@@ -27,6 +27,18 @@ def _error_text(err: BaseException) -> str:
     return f"{type(err).__name__}: {str(err).strip()[:500]}"
 
 
+def _sampled_fps(batch: dict, i: int, n: int) -> float | None:
+    """The rate of a clip's n sampled frames (n over its duration), for VLMs that timestamp frames."""
+    start, end = batch.get("start_s"), batch.get("end_s")
+    if start is None or end is None or n < 2:
+        return None
+    try:
+        duration = float(end[i]) - float(start[i])
+    except (TypeError, ValueError):
+        return None
+    return n / duration if duration > 0 else None
+
+
 # ----------------------------------------------------------------------------- the stage
 class CaptionStage:
     """GPU (or CPU) stage that captions clips.
@@ -64,7 +76,7 @@ class CaptionStage:
             return
         device = resolve_device(self.device)
         self.captioner = load_captioner(self.model_name, dtype=self.dtype, device=device)
-        self.placeholder = is_placeholder(self.model_name)
+        self.placeholder = is_placeholder(self.model_name)  # the job refused it unless allow_random_weights
         if self.placeholder:
             log.warning("=" * 72 + "\nCAPTIONS ARE PLACEHOLDERS: %s is a tiny randomly initialised "
                         "model.\nUse a real captioner (caption.model) for training data.\n"
@@ -73,13 +85,14 @@ class CaptionStage:
             self.scorer = ClipScorer(self.clip_model, self.clip_pretrained, device=device)
 
     # -- generation with split-and-retry
-    def _generate(self, frames: list, prompts: list[str]) -> list[tuple]:
+    def _generate(self, frames: list, prompts: list[str], fps: list | None = None) -> list[tuple]:
         """(text, tokens, error) per clip; halves the batch on failure so one clip's error or an
         out-of-memory batch never takes the other clips down."""
+        fps = fps or [None] * len(frames)
         try:
             texts, counts = self.captioner.generate(
                 frames, prompts, max_new_tokens=self.max_new_tokens, do_sample=self.do_sample,
-                seed=self.seed)
+                seed=self.seed, fps=fps)
             return [(t, int(c), None) for t, c in zip(texts, counts)]
         except Exception as e:  # failures are data; KeyboardInterrupt still stops the job
             oom = is_oom(e)
@@ -94,8 +107,8 @@ class CaptionStage:
                 log.warning("captioning %d clips failed (%s): retrying in halves to isolate it",
                             len(frames), _error_text(e))
             mid = len(frames) // 2
-            return (self._generate(frames[:mid], prompts[:mid])
-                    + self._generate(frames[mid:], prompts[mid:]))
+            return (self._generate(frames[:mid], prompts[:mid], fps[:mid])
+                    + self._generate(frames[mid:], prompts[mid:], fps[mid:]))
 
     def _scores(self, frames: list, captions: list[str]) -> np.ndarray:
         if self.scorer is None or not captions:
@@ -140,7 +153,8 @@ class CaptionStage:
         todo = list(prompts)
         for s in range(0, len(todo), self.batch_size):
             idx = todo[s : s + self.batch_size]
-            results = self._generate([frames[i] for i in idx], [prompts[i] for i in idx])
+            results = self._generate([frames[i] for i in idx], [prompts[i] for i in idx],
+                                     [_sampled_fps(batch, i, len(frames[i])) for i in idx])
             for i, (text, count, err) in zip(idx, results):
                 prompts_out[i], tokens[i] = prompts[i], count
                 text = clean_caption(text, prompts[i]) if err is None else None

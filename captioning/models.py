@@ -3,8 +3,10 @@
 `load_captioner(name_or_path)` takes a hub name or a local `save_pretrained` directory and returns
 a `Captioner` whose `generate(frames_batch, prompt, max_new_tokens)` captions clips. Three input
 styles cover the families we use: GIT (frames as one 5-D pixel tensor, text as a decoder prefix),
-processors with a video processor (Qwen2-VL, LLaVA-Video: a chat turn with a video), and image
-models (a chat turn with one image per frame, or the middle frame when there is no chat template).
+VLMs with a video processor (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, LLaVA-OneVision, LLaVA-NeXT-Video,
+SmolVLM: the model's own chat template with a video turn, or an image turn for a 1-frame clip),
+and image models (a chat turn with one image per frame, or the middle frame without a template).
+Generation is batched with left padding and the prompt is cut from the output.
 """
 
 from __future__ import annotations
@@ -16,27 +18,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.models.hub import ModelUnavailable, unavailable
+
 PLACEHOLDER_FILE = "reelforge_model.json"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class CaptionerNotAvailable(OSError):
+class CaptionerNotAvailable(ModelUnavailable):
     """A captioner name that is neither a local directory nor resolvable from the hub (offline)."""
 
 
 # ----------------------------------------------------------------------------- loading
 def _not_available(name: str, err: Exception) -> CaptionerNotAvailable:
-    from huggingface_hub import constants
-
-    offline = constants.HF_HUB_OFFLINE  # HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE, read at import
-    why = ("HF_HUB_OFFLINE is set, so the hub was not contacted and it is not in the local HF "
-           "cache" if offline else "the hub lookup failed")
-    return CaptionerNotAvailable(
-        f"cannot load captioner {name!r}: it is not a local model directory and {why} "
-        f"({type(err).__name__}: {str(err).strip().splitlines()[0][:300]}). Pass a directory "
-        f"written by save_pretrained, download the model into the HF cache on a machine with "
-        f"network (`hf download {name}`), or build a placeholder with "
-        f"captioning.models.build_tiny_captioner(dir).")
+    return CaptionerNotAvailable(str(unavailable("captioner", name, err)))
 
 
 def _model_class(config):
@@ -106,6 +100,9 @@ class Captioner:
         self.num_frames = getattr(model.config, "num_image_with_embedding", None)
         self.has_video = getattr(processor, "video_processor", None) is not None
         self.has_chat = getattr(processor, "chat_template", None) is not None
+        if not getattr(model.config, "is_encoder_decoder", False):
+            # decoder-only: every row's prompt must end where generation starts
+            self.tokenizer.padding_side = "left"
 
     # -- inputs per family
     def _git_inputs(self, frames_batch, prompts) -> dict:
@@ -126,28 +123,37 @@ class Captioner:
         mask = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
         return {"pixel_values": pixels, "input_ids": input_ids, "attention_mask": mask}
 
-    def _chat_inputs(self, frames_batch, prompts) -> dict:
-        texts, visuals = [], []
-        for frames, prompt in zip(frames_batch, prompts):
-            media = ([{"type": "video"}] if self.has_video
-                     else [{"type": "image"} for _ in range(len(frames))])
+    def _chat_inputs(self, frames_batch, prompts, fps=None) -> dict:
+        """The model's own chat template: a video turn per clip (its frames as sampled, with their
+        rate when known), an image turn for a 1-frame clip; one image turn per frame without video."""
+        texts, images, videos, metadata = [], [], [], []
+        for i, (frames, prompt) in enumerate(zip(frames_batch, prompts)):
+            as_video = self.has_video and len(frames) > 1
+            media = [{"type": "video"}] if as_video else [{"type": "image"}] * (1 if self.has_video else len(frames))
             messages = [{"role": "user", "content": media + [{"type": "text", "text": prompt}]}]
             texts.append(self.processor.apply_chat_template(messages, add_generation_prompt=True))
-            visuals.append(frames if self.has_video else list(frames))
-        kind = "videos" if self.has_video else "images"
-        return self.processor(text=texts, **{kind: visuals}, return_tensors="pt", padding=True)
+            if as_video:
+                videos.append(frames)
+                rate = float(fps[i]) if fps is not None and fps[i] else None
+                metadata.append({"total_num_frames": len(frames), "fps": rate, "frames_indices": list(range(len(frames))),
+                                 "duration": len(frames) / rate if rate else None})
+            images.append([] if as_video else [frames[0]] if self.has_video else list(frames))  # per clip
+        kwargs = {"images": images if any(images) else None}
+        if videos:  # our frames are the clip's samples (caption.num_frames): the processor keeps them all
+            kwargs.update(videos=videos, video_metadata=metadata, do_sample_frames=False)
+        return self.processor(text=texts, return_tensors="pt", padding=True, **kwargs)
 
     def _single_image_inputs(self, frames_batch, prompts) -> dict:
         middle = [f[len(f) // 2] for f in frames_batch]
         return self.processor(images=middle, text=list(prompts), return_tensors="pt",
                               padding=True)
 
-    def inputs(self, frames_batch: list[np.ndarray], prompts: list[str]) -> dict:
-        """Model inputs for a batch of clips, on the model's device and dtype."""
+    def inputs(self, frames_batch: list[np.ndarray], prompts: list[str], fps=None) -> dict:
+        """Model inputs for a batch of clips, on the model's device and dtype (fps: of the sampled frames)."""
         if self.model_type == "git":
             batch = self._git_inputs(frames_batch, prompts)
         elif self.has_video or self.has_chat:
-            batch = self._chat_inputs(frames_batch, prompts)
+            batch = self._chat_inputs(frames_batch, prompts, fps)
         else:
             batch = self._single_image_inputs(frames_batch, prompts)
         out = {}
@@ -175,20 +181,28 @@ class Captioner:
     @torch.inference_mode()
     def generate(self, frames_batch: list[np.ndarray], prompt: str | list[str],
                  max_new_tokens: int = 48, do_sample: bool = False, seed: int | None = None,
-                 **gen_kwargs) -> tuple[list[str], list[int]]:
-        """Captions (decoded, special tokens skipped) and output tokens per row for the clips."""
+                 fps: list[float | None] | None = None, **gen_kwargs) -> tuple[list[str], list[int]]:
+        """Captions (decoded, special tokens skipped, prompt cut off) and output tokens per row for
+        the clips; `fps` is the rate of each clip's sampled frames (VLMs that timestamp frames use it)."""
         prompts = [prompt] * len(frames_batch) if isinstance(prompt, str) else list(prompt)
         if len(prompts) != len(frames_batch):
             raise ValueError(f"{len(prompts)} prompts for {len(frames_batch)} clips")
         if seed is not None:
             torch.manual_seed(seed)  # sampling draws from the global generator
-        inputs = self.inputs(frames_batch, prompts)
-        out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                                  **gen_kwargs)
-        if not getattr(self.model.config, "is_encoder_decoder", False):
-            out = out[:, inputs["input_ids"].shape[1]:]  # decoder-only outputs repeat the prompt
-        texts = self.tokenizer.batch_decode(out, skip_special_tokens=True)
-        return texts, self._count_tokens(out)
+        fps = list(fps) if fps is not None else [None] * len(frames_batch)
+        kinds: dict[bool, list[int]] = {}  # images and videos in separate batches: not every VLM mixes them
+        for i, frames in enumerate(frames_batch):
+            kinds.setdefault(len(frames) > 1 or self.model_type == "git", []).append(i)
+        texts, counts = [""] * len(prompts), [0] * len(prompts)
+        for idx in kinds.values():
+            inputs = self.inputs([frames_batch[i] for i in idx], [prompts[i] for i in idx], [fps[i] for i in idx])
+            out = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=do_sample, **gen_kwargs)
+            if not getattr(self.model.config, "is_encoder_decoder", False):
+                out = out[:, inputs["input_ids"].shape[1]:]  # decoder-only outputs repeat the prompt
+            for i, text, n in zip(idx, self.tokenizer.batch_decode(out, skip_special_tokens=True),
+                                  self._count_tokens(out)):
+                texts[i], counts[i] = text, n
+        return texts, counts
 
 
 # ----------------------------------------------------------------------------- tiny builder

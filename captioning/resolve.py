@@ -58,6 +58,24 @@ def resolve_model(cfg: ReelForgeConfig, output: str, model: str | None) -> Itera
         shutil.rmtree(local, ignore_errors=True)
 
 
+def models_at_start(cfg: ReelForgeConfig, model: str | None, model_free: bool) -> list[str]:
+    """The random-weights notes of the captioner and the CLIP scorer the job would load; refused (or a
+    missing scorer checkpoint reported) here, before anything is loaded or Ray starts."""
+    from training.models.clip import check_clip, is_random_clip
+    from training.models.hub import random_note, refuse_random
+
+    c, name = cfg.caption, model or cfg.caption.model
+    notes = []
+    if not model_free and (name == TINY or is_placeholder(os.path.expanduser(name))):
+        notes.append(random_note("captioner", name))
+    if not model_free and c.clip_model and is_random_clip(c.clip_model, c.clip_pretrained):
+        notes.append(random_note("CLIP scorer", c.clip_model))
+    notes = refuse_random(notes, "caption", c.allow_random_weights)
+    if not model_free and c.clip_model:
+        check_clip(c.clip_model, c.clip_pretrained)
+    return notes
+
+
 def check_available(name: str) -> str:
     """What the actors load: an absolute local directory, or a hub name whose config resolves."""
     from transformers import AutoConfig

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from captioning.prompts import DEFAULT_PROMPT, PROMPTS, template_fields
-from captioning.resolve import TINY, placeholder_warning, resolve_model
+from captioning.resolve import TINY, models_at_start, placeholder_warning, resolve_model
 from infra import selection, storage, tables
 from infra.config import CaptionConfig, ReelForgeConfig
 from infra.runtime import ray_when_needed
@@ -41,7 +41,7 @@ CAPTION_FIELDS = [
     ("caption_tokens", pa.int64()),  # tokens the model generated
 ]
 # Where the job runs, not what it writes: changing these must not invalidate finished partitions.
-_RESOURCE_KEYS = ("num_gpus", "prep_cpus", "concurrency")
+_RESOURCE_KEYS = ("num_gpus", "prep_cpus", "concurrency", "allow_random_weights")
 # Columns the prep and caption stages read; everything else stays on the driver's side.
 _WORK_COLUMNS = ("clip_id", "video_id", "uri", "start_s", "end_s", "start_frame", "end_frame", "fps", "media_type")
 
@@ -167,7 +167,8 @@ def _stage_kwargs(cfg: ReelForgeConfig, model_path: str) -> dict:
     c = cfg.caption
     return dict(model=model_path, prompt=PROMPTS.get(c.prompt, c.prompt) if c.prompt else DEFAULT_PROMPT,
                 max_new_tokens=c.max_new_tokens, batch_size=c.batch_size, dtype=c.dtype, device=c.device,
-                do_sample=c.do_sample, seed=c.seed, score_suffix=list(c.score_suffix), clip_model=c.clip_model)
+                do_sample=c.do_sample, seed=c.seed, score_suffix=list(c.score_suffix), clip_model=c.clip_model,
+                clip_pretrained=c.clip_pretrained)
 
 
 def _dataset(cfg: ReelForgeConfig, rows: list[dict], model_path: str):
@@ -268,6 +269,7 @@ def run_caption(cfg: ReelForgeConfig, clips_root: str, output: str | None = None
     from captioning.sidecar import apply_existing_captions, no_model  # caption.source (existing captions)
 
     model_free = cfg.caption.source in ("sidecar", "manifest")  # existing captions only: load no model
+    random_weights = models_at_start(cfg, model, model_free)
     with (no_model(cfg, model) if model_free else resolve_model(cfg, output, model)) as (name, model_path, placeholder):
         model_s = time.perf_counter() - t0
         cfg = cfg.model_copy(update={"caption": cfg.caption.model_copy(update={"model": name})})
@@ -304,5 +306,6 @@ def run_caption(cfg: ReelForgeConfig, clips_root: str, output: str | None = None
         model_path=storage.join(output, "_models", "tiny-captioner") if name == TINY else model_path,
         plan_size=len(parts), skipped=len(parts) - len(pending), removed_stale=removed, processed=processed,
         stage_wall={"model": model_s, "prep+caption (streamed)": stream_s})
+    manifest["random_weights"] = random_weights
     tables.write_manifest(output, manifest)
     return manifest

@@ -16,6 +16,7 @@ import typer
 from infra import cli_data, cli_ops, cli_train
 from infra.cli_common import console, out
 from infra.config import ConfigError
+from training.models.hub import ModelUnavailable, RandomWeightsRefused
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ReelForge: raw video -> curated clips -> captions -> latents -> a trained video DiT, on Ray.")
@@ -74,6 +75,10 @@ def main() -> None:
         sys.exit(2)
     except PermissionError as exc:  # storage.StorageAccessDenied: S3 refused the credentials
         console.print(f"[bold red]access denied[/]\n{exc}")
+        sys.exit(2)
+    except (ModelUnavailable, RandomWeightsRefused) as exc:  # found at a job's start, before any work
+        console.print("[bold red]model error[/]")
+        console.print(str(exc), markup=False, highlight=False)
         sys.exit(2)
 
 

@@ -189,7 +189,8 @@ def _precompute(cfg: ReelForgeConfig, p: dict, bar) -> dict:
     return {"reused": m["resume"]["skipped_complete"] == m["resume"]["partitions"], "encoded": c["encoded"],
             "failed": c["failed"], "buckets": c["rows_per_bucket"],
             "detail": f"{c['encoded']} clips encoded ({buckets}); {c['failed']} failed, "
-                      f"{sum(c['dropped'].values())} not eligible"}
+                      f"{sum(c['dropped'].values())} not eligible"
+                      + "".join(f"; {n}" for n in m["models"].get("random_weights") or [])}
 
 
 def _train(cfg: ReelForgeConfig, p: dict) -> dict:

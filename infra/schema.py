@@ -143,6 +143,8 @@ LATENTS_SCHEMA = pa.schema(
         ("text_emb_shape", pa.list_(pa.int32())),  # (L, D): only the real tokens, L == text_len
         ("text_len", pa.int32()),
         ("vae", pa.string()),  # the VAE spec that encoded it (decode with the same)
+        ("vae_id", pa.string()),  # class:config hash-weights fingerprint (training/models/latents.py)
+        ("latent_norm", pa.string()),  # JSON: family, compression, normalisation (mean, std, scale), random
         ("text_encoder", pa.string()),
         ("bucket", pa.string()),  # latent "TxHxW", e.g. "5x8x8"
         ("fps", pa.float64()),  # of the pixels that were encoded (after frame stride)

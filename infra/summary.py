@@ -59,6 +59,7 @@ def print_curate_summary(out: Console, manifest: dict) -> None:
     if tp.get("video_s_per_wall_s") is not None:
         t.add_row("throughput", f"{tp['videos_per_s']} videos/s, {tp['video_s_per_wall_s']} video-s per wall-s")
     out.print(t)
+    print_random_weights(out, manifest.get("random_weights"))
 
 
 def caption_progress(console: Console) -> contextlib.AbstractContextManager:
@@ -87,6 +88,7 @@ def print_caption_summary(out: Console, manifest: dict) -> None:
     if manifest["placeholder"]:
         out.print(f"[bold red]WARNING: CAPTIONS ARE PLACEHOLDERS[/] - {manifest['model']!r} is a tiny randomly "
                   "initialised model; set caption.model or --model to a real captioner before training on them.")
+    print_random_weights(out, [n for n in manifest.get("random_weights") or [] if "CAPTIONER" not in n])
 
 
 def print_precompute_summary(out: Console, manifest: dict) -> None:
@@ -107,7 +109,17 @@ def print_precompute_summary(out: Console, manifest: dict) -> None:
     t.add_row("shards", f"{r['partitions']} ({r['skipped_complete']} already complete, skipped)")
     t.add_row("throughput", f"{manifest['throughput']['clips_per_s']} clips/s")
     t.add_row("wall time", f"{manifest['wall_s']:.1f} s")
+    m = manifest["models"]
+    t.add_row("vae", f"{m['vae']} ({m.get('vae_id')})")
+    t.add_row("text encoder", m["text_encoder"])
     out.print(t)
+    print_random_weights(out, m.get("random_weights"))
+
+
+def print_random_weights(out: Console, notes: list[str] | None) -> None:
+    """The job ran on randomly initialised models (allow_random_weights): say so, loudly."""
+    for note in notes or []:
+        out.print(f"[bold red]WARNING: {note}[/] (allow_random_weights is set)")
 
 
 def print_dedup_summary(out: Console, manifest: dict) -> None:

@@ -8,13 +8,17 @@ Two stages (no Ray here; pipelines/runner_precompute.py maps them onto Ray Data)
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
+from infra.config import PrecomputeConfig
 from infra.tables import column, value
+
+log = logging.getLogger(__name__)
 
 # ----------------------------------------------------------------------------- buckets
 
@@ -42,10 +46,12 @@ def _ratio(text: str) -> float:
 
 def make_buckets(resolutions: list[int], frame_counts: list[int], aspect_ratios: list[str],
                  multiple: int = 16, temporal: int = 4) -> list[Bucket]:
-    """Every resolution x aspect (both orientations) x frame count, sides rounded to `multiple`."""
-    for f in frame_counts:
-        if (f - 1) % temporal:
-            raise ValueError(f"precompute.frame_counts: {f} frames is not 1 + k*{temporal} (the VAE's causal layout)")
+    """Every resolution x aspect (both orientations) x frame count, sides rounded to `multiple`.
+
+    Frame counts follow the VAE's rule, 1 + k * temporal (Wan, CogVideoX: 4k+1; LTX-Video: 8k+1;
+    Mochi: 6k+1; image VAEs: any): a count off the rule becomes the largest valid count below it.
+    """
+    frame_counts = follow_frame_rule(frame_counts, temporal)
     buckets = set()
     for r in resolutions:
         for text in aspect_ratios:
@@ -55,6 +61,16 @@ def make_buckets(resolutions: list[int], frame_counts: list[int], aspect_ratios:
                 h = max(multiple, round(r / math.sqrt(aspect) / multiple) * multiple)
                 buckets.update(Bucket(f, h, w, round(aspect, 6)) for f in frame_counts)
     return sorted(buckets, key=lambda b: (b.height * b.width, b.frames, b.width))
+
+
+def follow_frame_rule(frame_counts: list[int], temporal: int) -> list[int]:
+    """Each count rounded down to 1 + k * temporal (duplicates dropped); said once when any changed."""
+    if any(f < 1 for f in frame_counts):
+        raise ValueError(f"precompute.frame_counts must be >= 1, got {frame_counts}")
+    fitted = sorted({1 + (f - 1) // temporal * temporal for f in frame_counts})
+    if fitted != sorted(set(frame_counts)):
+        log.warning("precompute.frame_counts %s -> %s: the VAE takes 1 + k*%d frames", frame_counts, fitted, temporal)
+    return fitted
 
 
 def assign_bucket(width: int, height: int, num_frames: int, buckets: list[Bucket],
@@ -144,26 +160,33 @@ class EncodeStage:
     """Encode pixels with the VAE and captions with the text encoder, grouped by bucket.
 
     Reads `pixels`, `b_frames`, `b_height`, `b_width`, `caption`, `clip_id`, `fps`, `stride`, `error`;
-    writes the LATENTS_SCHEMA columns plus `error`, `error_stage`; drops `pixels`.
+    writes the LATENTS_SCHEMA columns (the VAE's identity and normalisation in `vae_id` and
+    `latent_norm`) plus `error`, `error_stage`; drops `pixels`. Latents are normalised as the VAE
+    family's own pipeline does (training/models/latents.py), so sample can invert it exactly.
     """
 
-    def __init__(self, vae: str, text_encoder: str, latent_dtype: str = "bfloat16", device: str = "cpu",
-                 batch_invariant: bool = True):
-        self.vae_spec, self.text_spec, self.dtype, self.device = vae, text_encoder, latent_dtype, device
-        self.batch_invariant = batch_invariant
+    def __init__(self, precompute: PrecomputeConfig, device: str = "cpu"):
+        self.p, self.device = precompute, device
+        self.batch_invariant = precompute.batch_invariant
 
     def setup(self) -> None:
         import torch
 
+        from training.models.hub import torch_dtype
+        from training.models.latents import describe_vae
         from training.models.text import build_text_encoder
-        from training.models.vae import load_vae
+        from training.models.vae import is_random_vae, load_vae
 
+        p = self.p
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.vae = load_vae(self.vae_spec, device=self.device).eval()
-        self.text = build_text_encoder(self.text_spec)
-        if hasattr(self.text, "to"):
-            self.text = self.text.to(self.device) if self.device != "cpu" else self.text
+        self.vae = load_vae(p.vae, device=self.device, dtype=torch_dtype(p.vae_dtype, self.device),
+                            tiling=p.vae_tiling, slicing=p.vae_slicing, tile_px=p.vae_tile_px).eval()
+        self.spec = describe_vae(self.vae, p.vae, random=is_random_vae(p.vae))
+        self.text = build_text_encoder(p.text_encoder, max_length=p.text_max_length,
+                                       dtype=torch_dtype(p.text_dtype, self.device))
+        if self.device != "cpu":
+            self.text = self.text.to(self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not hasattr(self, "vae"):
@@ -183,6 +206,22 @@ class EncodeStage:
         keys = list(dict.fromkeys(k for r in rows for k in r))
         return {k: column([r.get(k) for r in rows]) for k in keys}
 
+    def _encode(self, x, captions: list[str]):
+        """Normalised latents (B, C, T', H', W') float32 and per-clip text tokens and masks."""
+        import torch
+
+        x = x.to(next(self.vae.parameters()).dtype)
+        if self.batch_invariant:
+            # Conv kernels pick algorithms by batch size, so the same clip encodes to slightly
+            # different bits in different batches; one clip at a time keeps resumed runs bit-equal.
+            z = torch.cat([self.vae.encode(x[j : j + 1]).mode() for j in range(x.shape[0])])
+            enc = [self.text.encode([c]) for c in captions]
+            tokens, mask = [e[0][0] for e in enc], [e[1][0] for e in enc]
+        else:
+            z = self.vae.encode(x).mode()
+            tokens, mask, _ = self.text.encode(captions)
+        return self.spec.norm.normalize(z), tokens, mask  # z: (B, C, T', H', W')
+
     def _encode_group(self, batch, rows, shape, idx) -> None:
         import torch
 
@@ -191,27 +230,20 @@ class EncodeStage:
         t, h, w = (int(s) for s in shape)
         pix = np.stack([np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(t, h, w, 3) for i in idx])
         x = torch.from_numpy(pix).to(self.device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0  # (B,3,T,H,W)
-        captions = [str(rows[i]["caption"]) for i in idx]
         with torch.no_grad():
-            if self.batch_invariant:
-                # Conv kernels pick algorithms by batch size, so the same clip encodes to slightly
-                # different bits in different batches; one clip at a time keeps resumed runs bit-equal.
-                z = torch.cat([self.vae.encode(x[j : j + 1]).mode() for j in range(len(idx))])
-                enc = [self.text.encode([c]) for c in captions]
-                tokens = [e[0][0] for e in enc]
-                mask = [e[1][0] for e in enc]
-            else:
-                z = self.vae.encode(x).mode()
-                tokens, mask, _ = self.text.encode(captions)
-            z = z * self.vae.scaling_factor  # (B,C,T',H',W')
+            z, tokens, mask = self._encode(x, [str(rows[i]["caption"]) for i in idx])
+        dtype, spec = self.p.latent_dtype, self.spec
+        expected = (spec.latent_channels, 1 + (t - 1) // spec.temporal, h // spec.spatial, w // spec.spatial)
+        if tuple(z.shape[1:]) != expected:  # e.g. a family's tiled encode at an odd tile size
+            raise ValueError(f"the VAE gave latents {tuple(z.shape[1:])} for {t}x{h}x{w} pixels, expected {expected}: "
+                             "set precompute.vae_tiling: false or a larger precompute.vae_tile_px")
         for j, i in enumerate(idx):
             length = int(mask[j].sum())
             emb = tokens[j][:length]
-            tc, sc = self.vae.temporal_compression, self.vae.spatial_compression
             rows[i].update(
-                latent=tensor_to_bytes(z[j], self.dtype), latent_shape=list(z[j].shape), latent_dtype=self.dtype,
-                text_emb=tensor_to_bytes(emb, self.dtype), text_emb_shape=list(emb.shape), text_len=length,
-                vae=self.vae_spec, text_encoder=self.text_spec,
-                bucket=f"{1 + (t - 1) // tc}x{h // sc}x{w // sc}", height=h, width=w, num_frames=t,
+                latent=tensor_to_bytes(z[j], dtype), latent_shape=list(z[j].shape), latent_dtype=dtype,
+                text_emb=tensor_to_bytes(emb, dtype), text_emb_shape=list(emb.shape), text_len=length,
+                vae=self.p.vae, vae_id=spec.vae_id, latent_norm=spec.norm_json(), text_encoder=self.p.text_encoder,
+                bucket="x".join(str(d) for d in z[j].shape[1:]), height=h, width=w, num_frames=t,
                 fps=None if rows[i]["fps"] is None else float(rows[i]["fps"]) / int(rows[i].get("stride") or 1),
                 error="", error_stage="")

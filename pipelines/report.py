@@ -216,6 +216,11 @@ def write_report(output: str, cfg: ReelForgeConfig, decode: bool = True) -> str:
                             output, "dropped.png")]
     page = _html(output, stats, reasons, collections.Counter(failures["stage"].to_pylist()), charts, dists, hists,
                  sheets, cols, _dropped_list(clips_t, keep, drop_reasons))
+    m = cfg.curate.measures
+    if m.clip_model and m.allow_random_weights and not m.clip_pretrained:  # allowed, so said loudly
+        page = page.replace("<h2>Funnel</h2>", f'<p style="color:#b00;font-weight:bold">WARNING: THE OPEN_CLIP TOWER '
+                            f'{html.escape(m.clip_model)} IS RANDOMLY INITIALISED: EMBEDDINGS AND AESTHETIC SCORES '
+                            'MEAN NOTHING</p>\n<h2>Funnel</h2>', 1)
     uri = storage.join(output, "report", "index.html")
     storage.write_text(uri, page)
     return uri

@@ -28,12 +28,14 @@ from infra.schema import CLIPS_SCHEMA, VIDEOS_SCHEMA, table_from_rows, video_id_
 from infra.tables import batch_rows, map_rows, rows_batch
 from pipelines import ingest, measures, refilter
 from pipelines.manifest import build_manifest
+from pipelines.measures.embed import models_at_start
 from pipelines.materialize import CLIP_FILES, clip_file_uri
 
 log = logging.getLogger(__name__)
 TABLES = ["videos", "clips", "failures"]
 # Config that is re-applied at every job end without decoding: changing it keeps the partitions.
-RECOMPUTE_FREE = ("curate.filters", "curate.dedup", "curate.materialize", "curate.report")
+RECOMPUTE_FREE = ("curate.filters", "curate.dedup", "curate.materialize", "curate.report",
+                  "curate.measures.allow_random_weights")
 
 
 # ----------------------------------------------------------------------------- stage tasks
@@ -265,6 +267,7 @@ def run_curate(cfg: ReelForgeConfig, source: str, output: str, progress: Callabl
     tables.configure_storage(cfg)
     if cfg.safety.enabled:
         measures.safety_model()  # a missing detector fails here, with one message, before any work
+    random_weights = models_at_start(cfg.curate.measures)  # refused or missing models fail before any work
     t0 = time.perf_counter()
     uris = ingest.list_inputs(source, cfg.curate.extensions + cfg.curate.image_extensions)
     wall = {"ingest": time.perf_counter() - t0}
@@ -306,5 +309,6 @@ def run_curate(cfg: ReelForgeConfig, source: str, output: str, progress: Callabl
         plan_size=len(plan), skipped=len(plan) - len(pending), removed_stale=removed, stage_wall=wall,
         decisions=decisions.counts, materialized=materialized,
     )
+    manifest["random_weights"] = random_weights
     tables.write_manifest(output, manifest)
     return manifest

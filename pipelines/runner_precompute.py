@@ -8,6 +8,7 @@ gathers each shard's rows (latent bytes, small) and commits it with a marker, as
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -29,21 +30,28 @@ class PrecomputeError(ValueError):
     """The input cannot be precomputed at all (no clips table, no captions)."""
 
 
-def _vae_factors(spec: str) -> tuple[int, int]:
-    from training.models.vae import load_vae
+def models_at_start(cfg: ReelForgeConfig):
+    """The VAE's LatentSpec (loaded once here, on the driver) and the random-weights notes; a missing
+    model or random weights without precompute.allow_random_weights fail here, before Ray starts."""
+    from training.models.latents import describe_vae
+    from training.models.text import check_text_encoder
+    from training.models.vae import is_random_vae, load_vae, refuse_random_models
 
-    vae = load_vae(spec)
-    return vae.temporal_compression, vae.spatial_compression
+    p = cfg.precompute
+    notes = refuse_random_models(p.vae, p.text_encoder, "precompute", p.allow_random_weights)
+    check_text_encoder(p.text_encoder)
+    return describe_vae(load_vae(p.vae), p.vae, random=is_random_vae(p.vae)), notes
 
 
-def plan_clips(cfg: ReelForgeConfig, clips_root: str) -> tuple[list[dict], dict[str, int], int]:
+def plan_clips(cfg: ReelForgeConfig, clips_root: str, spec=None) -> tuple[list[dict], dict[str, int], int]:
     """Eligible clip rows with their bucket window, drop counts per reason, and the clips read."""
     p = cfg.precompute
     folder = storage.join(clips_root, "clips")
     table = storage.read_table(folder)
     if "caption" not in table.column_names:
         raise PrecomputeError(f"{folder} has no caption column: run `reelforge caption` first")
-    temporal, spatial = _vae_factors(p.vae)
+    spec = spec or models_at_start(cfg)[0]
+    temporal, spatial = spec.temporal, spec.spatial
     buckets = {"video": precompute.make_buckets(p.resolutions, p.frame_counts, p.aspect_ratios,
                                                 multiple=spatial * 2, temporal=temporal),
                "image": precompute.image_buckets(p.resolutions, p.aspect_ratios, multiple=spatial * 2)}
@@ -73,7 +81,7 @@ def plan_clips(cfg: ReelForgeConfig, clips_root: str) -> tuple[list[dict], dict[
         latent = bucket.latent_shape(temporal, spatial)
         rows.append({**{k: r.get(k) for k in ("clip_id", "uri", "fps", "caption", "sample_weight")}, "win_start": ws,
                      "win_end": we, "b_frames": bucket.frames, "b_height": bucket.height, "b_width": bucket.width,
-                     "stride": p.frame_stride, "est_bytes": 2 * 16 * int(np.prod(latent)) + 8192})
+                     "stride": p.frame_stride, "est_bytes": 2 * spec.latent_channels * int(np.prod(latent)) + 8192})
     return rows, dict(dropped), table.num_rows
 
 
@@ -109,9 +117,7 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict]):
                         concurrency=max(1, p.prep_concurrency), zero_copy_batch=False)
     ds = ds.map_batches(precompute.EncodeStage, batch_size=p.batch_size, concurrency=p.concurrency,
                         num_gpus=p.num_gpus, num_cpus=p.encode_cpus, zero_copy_batch=False,
-                        fn_constructor_kwargs=dict(vae=p.vae, text_encoder=p.text_encoder,
-                                                   latent_dtype=p.latent_dtype, batch_invariant=p.batch_invariant,
-                                                   device="cuda" if p.num_gpus > 0 else "cpu"))
+                        fn_constructor_kwargs=dict(precompute=p, device="cuda" if p.num_gpus > 0 else "cpu"))
     return ds
 
 
@@ -135,7 +141,8 @@ def run_precompute(cfg: ReelForgeConfig, clips_root: str, output: str,
     """Encode every eligible captioned clip under `clips_root` into `output`/latents; returns the manifest."""
     started = time.time()
     tables.configure_storage(cfg)
-    rows, dropped, n_clips = plan_clips(cfg, clips_root)
+    spec, random_notes = models_at_start(cfg)
+    rows, dropped, n_clips = plan_clips(cfg, clips_root, spec)
     shards = plan_shards(rows, cfg.precompute.shard_rows, cfg.precompute.shard_bytes)
     fingerprint = cfg.fingerprint("precompute") + selection.identity(cfg)
     plan = [tables.Partition(pid, tuple(r["clip_id"] for r in s)) for pid, s in shards]
@@ -161,6 +168,7 @@ def run_precompute(cfg: ReelForgeConfig, clips_root: str, output: str,
     manifest = build_precompute_manifest(cfg, clips_root, output, started, markers, dropped, n_clips, len(rows),
                                          len(shards), len(shards) - len(pending), removed, encode_wall,
                                          sum(len(s) for _, s in pending))
+    manifest["models"].update(vae_id=spec.vae_id, latent=json.loads(spec.norm_json()), random_weights=random_notes)
     tables.write_manifest(output, manifest)
     return manifest
 

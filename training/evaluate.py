@@ -86,32 +86,54 @@ def heldout_prompts(world, n: int | None = None, seed: int = 0) -> list[dict]:
 def sample_and_score(cfg, checkpoint: str, out_dir: Path | None = None, batch: int = 4) -> dict:
     """Sample the checkpoint on held-out prompts; per-attribute accuracy (and CLIP score if configured)."""
     from training.models.text import build_text_encoder
-    from training.models.vae import load_vae
+    from training.models.vae import load_decoding_vae, refuse_random_models
     from training.sample import checkpoint_meta, load_checkpoint_for_sampling, sample_video, write_mp4
 
     w, s = cfg.world, cfg.sample
     meta = checkpoint_meta(checkpoint)
+    vae_spec = meta.get("vae") or cfg.precompute.vae
+    text_spec = meta.get("text_encoder") or cfg.precompute.text_encoder
+    notes = refuse_random_models(vae_spec, text_spec, "eval", cfg.eval.allow_random_weights)
+    clip, clip_notes = _clip_for_eval(cfg)  # a missing or refused scorer fails here, before any sampling
     dit = load_checkpoint_for_sampling(checkpoint)
-    vae = load_vae(meta.get("vae") or cfg.precompute.vae).eval()
-    text_encoder = build_text_encoder(meta.get("text_encoder") or cfg.precompute.text_encoder)
+    vae, norm = load_decoding_vae(vae_spec, meta)
+    text_encoder = build_text_encoder(text_spec)
     prompts = heldout_prompts(w, seed=w.seed)
     videos = []
     for i in range(0, len(prompts), batch):
         chunk = [p["prompt"] for p in prompts[i : i + batch]]
         videos += list(sample_video(dit, vae, text_encoder, chunk, num_frames=s.num_frames, height=s.height,
-                                    width=s.width, steps=s.steps, cfg_scale=s.cfg_scale, seed=s.seed + i).numpy())
+                                    width=s.width, steps=s.steps, cfg_scale=s.cfg_scale, seed=s.seed + i,
+                                    latent_norm=norm).numpy())
     checks = [check_video(v, w.colors, w.shape_colors) for v in videos]
     report = {"prompts": len(prompts), "accuracy": score(checks, [p["attributes"] for p in prompts]),
-              "per_prompt": [{**p, "checked": c} for p, c in zip(prompts, checks)], "clip_score": None}
+              "per_prompt": [{**p, "checked": c} for p, c in zip(prompts, checks)], "clip_score": None,
+              "random_weights": notes + clip_notes}
     if out_dir is not None:
         for i, v in enumerate(videos):
             write_mp4(v, out_dir / f"eval-{i:03d}.mp4", fps=s.fps)
-    if cfg.caption.clip_model:
+    if clip:
         from training.models.clip import ClipScorer
 
-        scorer = ClipScorer(cfg.caption.clip_model)
+        scorer = ClipScorer(*clip)
         report["clip_score"] = round(float(np.mean(scorer.score(videos, [p["prompt"] for p in prompts]))), 4)
     return report
+
+
+def _clip_for_eval(cfg) -> tuple[tuple[str, str | None] | None, list[str]]:
+    """(open_clip model, pretrained) of eval.clip_model, else of caption.clip_model (None: no CLIP score),
+    and its random-weights note; a random one is refused unless eval.allow_random_weights."""
+    from training.models.clip import check_clip, is_random_clip
+    from training.models.hub import random_note, refuse_random
+
+    e, c = cfg.eval, cfg.caption
+    name, pretrained = (e.clip_model, e.clip_pretrained) if e.clip_model else (c.clip_model, c.clip_pretrained)
+    if not name:
+        return None, []
+    notes = refuse_random([random_note("CLIP scorer", name)] if is_random_clip(name, pretrained) else [], "eval",
+                          e.allow_random_weights)
+    check_clip(name, pretrained)
+    return (name, pretrained), notes
 
 
 def run_eval(cfg, checkpoint: str | None = None, vae: str | None = None, clips: str | None = None,

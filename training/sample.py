@@ -33,6 +33,7 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 def sample_video(
     dit, vae, text_encoder, prompts: list[str], num_frames: int = 17, height: int = 256,
     width: int = 256, steps: int = 30, cfg_scale: float = 5.0, seed: int = 0, shift: float | None = None,
+    latent_norm=None,
 ) -> torch.Tensor:
     """Generate one video per prompt; returns uint8 frames (B, T, H, W, 3).
 
@@ -56,7 +57,8 @@ def sample_video(
     generator = torch.Generator("cpu").manual_seed(seed)
     z = flow.sample(dit, shape, cond, None, steps=steps, cfg_scale=cfg_scale, generator=generator, shift=shift)
     vae_param = next(vae.parameters())
-    x = vae.decode((z / vae.scaling_factor).to(vae_param.device, vae_param.dtype))  # (B, 3, T, H, W)
+    z = (latent_norm or vae.latent_norm).denormalize(z)  # the normalisation the latents were made with, inverted
+    x = vae.decode(z.to(vae_param.device, vae_param.dtype))  # (B, 3, T, H, W)
     return to_uint8(x)
 
 
@@ -110,17 +112,19 @@ def sample_to_files(cfg, ckpt_dir, prompts: list[str], out_dir, vae_spec: str | 
                     text_encoder_spec: str | None = None, device: str = "cpu") -> list[Path]:
     """Load checkpoint + VAE + text encoder, sample one mp4 per prompt into out_dir; returns the paths."""
     from training.models.text import build_text_encoder
-    from training.models.vae import load_vae
+    from training.models.vae import load_decoding_vae, refuse_random_models
 
     meta = checkpoint_meta(ckpt_dir)
     vae_spec = vae_spec or meta.get("vae") or cfg.precompute.vae
     text_spec = text_encoder_spec or meta.get("text_encoder") or cfg.precompute.text_encoder
     dit = load_checkpoint_for_sampling(ckpt_dir, device=device)
-    vae = load_vae(vae_spec, device=device).eval()
+    for note in refuse_random_models(vae_spec, text_spec, "sample", cfg.sample.allow_random_weights):
+        log.warning(note)
+    vae, norm = load_decoding_vae(vae_spec, meta, device=device)  # refuses a VAE other than the latents'
     text_encoder = build_text_encoder(text_spec)
     s = cfg.sample
     frames = sample_video(dit, vae, text_encoder, prompts, num_frames=s.num_frames, height=s.height,
-                          width=s.width, steps=s.steps, cfg_scale=s.cfg_scale, seed=s.seed)
+                          width=s.width, steps=s.steps, cfg_scale=s.cfg_scale, seed=s.seed, latent_norm=norm)
     out = Path(out_dir)
     paths = []
     for i, video in enumerate(frames):

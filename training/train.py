@@ -32,6 +32,7 @@ from training.data import (INDEX_COLUMNS, BucketBatcher, DataPlan, RowCache, buc
                            collate, iter_shard_rows, latents_dir, plan_data)
 from training.metrics import Meter, MetricsLog, memory_gb, rates, read_metrics
 from training.models.dit import VDIT_PRESETS, build_dit, flops_per_token
+from training.models.latents import check_resume, latents_meta
 from training.step import EMA, batch_loss, ema_decay_at, lr_at, set_lr
 
 log = logging.getLogger(__name__)
@@ -244,6 +245,7 @@ def plan_run(cfg: ReelForgeConfig, latents_uri: str) -> tuple[DataPlan, dict]:
         if len(distinct) != 1:
             raise ValueError(f"the latents table mixes {key} values {distinct[:5]}: train on one")
         facts[key] = distinct[0]
+    facts.update(latents_meta(latents_dir(latents_uri)))  # the VAE's identity and normalisation, for sample
     patch = VDIT_PRESETS[t.model].patch if t.model in VDIT_PRESETS else (1, 2, 2)
     size_for = partial(bucket_batch_size, batch_size=t.batch_size, batch_sizes=t.batch_sizes,
                        token_budget=t.token_budget, patch=patch)
@@ -344,6 +346,7 @@ def run_train(cfg: ReelForgeConfig, latents_uri: str, output: str | None = None)
     _quiet()
     cfg, output = prepare_output(cfg, output)
     planned = plan_run(cfg, latents_uri)  # a missing or mixed latents table fails before Ray starts
+    check_resume(output, planned[1])  # a run never continues on latents of a different VAE
     t0 = time.time()
     with ray_session(cfg):
         trainer, plan = build_trainer(cfg, latents_uri, output, planned=planned)

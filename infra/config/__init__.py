@@ -3,7 +3,7 @@
 Defaults live only in these classes. Unknown keys and wrong types fail at load with the dotted key
 and the file named; `--set section.key=value` overrides go through the same validation.
 
-Each job's section lives in its own module (curate, caption, world, precompute, train, tune, curation); this
+Each job's section lives in its own module (curate, caption, world, precompute, train + sample + eval, tune, curation); this
 module holds the small shared sections, the whole `ReelForgeConfig`, loading, and re-exports them all.
 """
 
@@ -23,15 +23,15 @@ from .caption import CaptionConfig, CaptionTrainConfig
 from .curate import CurateConfig, DedupConfig, FiltersConfig, MaterializeConfig, MeasuresConfig
 from .curation import BalanceConfig, DedupJobConfig, SafetyConfig, SelectionConfig
 from .precompute import PrecomputeConfig
-from .train import ConditioningConfig, SampleConfig, TrainConfig, VaeTrainConfig
+from .train import ConditioningConfig, EvalConfig, SampleConfig, TrainConfig, VaeTrainConfig
 from .tune import SPACE_DISTRIBUTIONS, TuneConfig, _field_at, space_key
 from .world import WorldConfig
 
 __all__ = [
     "ConfigError", "_Section", "MeasuresConfig", "FiltersConfig", "DedupConfig", "MaterializeConfig",
     "CurateConfig", "CaptionConfig", "CaptionTrainConfig", "WorldConfig", "PrecomputeConfig", "VaeTrainConfig",
-    "TrainConfig", "ConditioningConfig", "SampleConfig", "SPACE_DISTRIBUTIONS", "space_key", "_field_at", "TuneConfig", "RayConfig",
-    "StorageConfig", "ReelForgeConfig", "SafetyConfig", "DedupJobConfig", "BalanceConfig",
+    "TrainConfig", "ConditioningConfig", "SampleConfig", "EvalConfig", "SPACE_DISTRIBUTIONS", "space_key", "_field_at", "TuneConfig",
+    "RayConfig", "StorageConfig", "ReelForgeConfig", "SafetyConfig", "DedupJobConfig", "BalanceConfig",
     "SelectionConfig", "_format_errors", "parse_override", "_apply_override", "load_config",
 ]
 
@@ -57,6 +57,7 @@ class ReelForgeConfig(_Section):
     train: TrainConfig = TrainConfig()
     tune: TuneConfig = TuneConfig()
     sample: SampleConfig = SampleConfig()
+    eval: EvalConfig = EvalConfig()
     ray: RayConfig = RayConfig()
     storage: StorageConfig = StorageConfig()
     caption_train: CaptionTrainConfig = CaptionTrainConfig()

@@ -10,7 +10,7 @@ from .base import _Section
 
 
 class CaptionConfig(_Section):
-    model: str = "tiny-random"
+    model: str = "tiny-random"  # a VLM by hub name or local dir (Qwen2/2.5/3-VL, LLaVA-OneVision, ...)
     prompt: str | None = None
     max_new_tokens: int = Field(48, ge=1)
     num_frames: int = Field(6, ge=1)
@@ -24,7 +24,10 @@ class CaptionConfig(_Section):
     do_sample: bool = False
     seed: int = 0
     score_suffix: list[str] = []
-    clip_model: str | None = None
+    clip_model: str | None = None  # open_clip name (e.g. ViT-L-14) or model-config .json: caption_score
+    clip_pretrained: str | None = None  # open_clip tag (openai, laion2b_s32b_b82k) or a local checkpoint
+    allow_random_weights: bool = Field(False, description="run the tiny-random captioner or a CLIP scorer "
+                                       "without pretrained weights (tests, demos); outputs say so in capitals")
     # Existing captions (captioning/sidecar.py): a sidecar next to each video (VIDEO.json per scene,
     # VIDEO.txt per file), a manifest file (Parquet/CSV: uri, caption), and/or the model above.
     source: Literal["model", "sidecar", "manifest", "sidecar+model"] = "model"

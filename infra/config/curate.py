@@ -25,6 +25,7 @@ class MeasuresConfig(_Section):
     clip_model: str | None = None  # open_clip name or a model-config .json path
     clip_pretrained: str | None = None  # open_clip tag or local checkpoint; None = random init
     aesthetic_weights: str | None = None  # linear/MLP head (.safetensors or torch file); None = off
+    allow_random_weights: bool = Field(False, description="run open_clip without pretrained weights (tests)")
     frames_cpus: float = Field(1.0, gt=0)
     cheap_cpus: float = Field(1.0, gt=0, description="motion + quality + phash task")
     ocr_cpus: float = Field(1.0, gt=0)

@@ -9,9 +9,22 @@ from pydantic import Field
 from .base import _Section
 
 
+_DTYPES = Literal["auto", "float32", "bfloat16", "float16"]  # auto: bfloat16 on a GPU, float32 on the CPU
+
+
 class PrecomputeConfig(_Section):
+    # a preset ("tiny", "base": random init), a train-vae directory, or diffusers:NAME_OR_PATH[:subfolder]
     vae: str = "tiny"
+    # "tiny" (random), "minilm", "openclip:MODEL[:PRETRAINED]", hf:NAME_OR_PATH[:subfolder] or a HF name/path
     text_encoder: str = "tiny"
+    allow_random_weights: bool = Field(False, description="run with a random VAE or text encoder (tests, demos); "
+                                       "summaries and the manifest say so in capitals")
+    vae_dtype: _DTYPES = "auto"
+    vae_tiling: bool = Field(True, description="diffusers VAEs: encode large frames in overlapping tiles")
+    vae_slicing: bool = Field(True, description="diffusers VAEs: one clip of a batch at a time")
+    vae_tile_px: int | None = Field(None, ge=16, description="tile side in pixels (None: the family's default)")
+    text_max_length: int | None = Field(None, ge=1, description="caption tokens kept (None: the tokenizer's max)")
+    text_dtype: _DTYPES = "auto"
     latent_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
     resolutions: list[int] = [64]
     frame_counts: list[int] = [17]

@@ -118,6 +118,7 @@ class TrainConfig(_Section):
 
 
 class SampleConfig(_Section):
+    allow_random_weights: bool = Field(False, description="decode with a random VAE / text encoder (tests, demos)")
     steps: int = Field(30, ge=1)
     cfg_scale: float = Field(5.0, ge=0)
     num_frames: int = Field(17, ge=1)
@@ -132,3 +133,12 @@ class SampleConfig(_Section):
     prompt_max_new_tokens: int = Field(60, ge=1)
     target_scores: dict[str, float] = {}  # `--scores`: appended as caption.score_suffix appended them in training
     seed: int = 0
+
+
+class EvalConfig(_Section):
+    """eval: `reelforge eval` (held-out prompts; CLIP score when a model is set)."""
+
+    clip_model: str | None = None  # open_clip name for the CLIP score; None: caption.clip_model's, else off
+    clip_pretrained: str | None = None  # open_clip tag or local checkpoint (with caption.clip_model: its)
+    allow_random_weights: bool = Field(False, description="sample with a random VAE / text encoder or score "
+                                       "with a random CLIP (tests, demos)")

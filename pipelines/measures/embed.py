@@ -36,6 +36,25 @@ class PhashMeasure:
 
 
 # ----------------------------------------------------------------------------- open_clip
+def models_at_start(m) -> list[str]:
+    """Random-weights notes for the open_clip tower the curate job would load (curate.measures);
+    refused unless allow_random_weights, and missing weights or head file reported, before Ray starts."""
+    from pathlib import Path
+
+    from training.models.clip import check_clip, is_random_clip
+    from training.models.hub import random_note, refuse_random
+
+    if not m.clip_model or not (m.embedding or m.aesthetic_weights):
+        return []
+    notes = [random_note("open_clip image tower", m.clip_model)] if is_random_clip(m.clip_model, m.clip_pretrained) else []
+    notes = refuse_random(notes, "curate.measures", m.allow_random_weights)
+    check_clip(m.clip_model, m.clip_pretrained)
+    if m.aesthetic_weights and not Path(m.aesthetic_weights).expanduser().is_file():
+        raise FileNotFoundError(f"curate.measures.aesthetic_weights: no file {m.aesthetic_weights!r} (the LAION "
+                                "aesthetic head: a .safetensors or .pth state dict)")
+    return notes
+
+
 class ClipMeasure:
     """`embedding` (L2-normalised mean of the frames' open_clip embeddings) and `aesthetic` (head score, mean over frames)."""
 

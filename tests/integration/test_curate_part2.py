@@ -48,6 +48,7 @@ def inputs(tmp_path_factory):
 def _cfg(d: Path, *sets):
     return load_config(ROOT / "configs" / "tiny.yaml", [
         f"curate.measures.clip_model={d / 'tiny-clip.json'}", f"curate.measures.aesthetic_weights={d / 'head.pth'}",
+        "curate.measures.allow_random_weights=true",  # a random tiny open_clip tower
         "curate.dedup.method=phash", "curate.filters.max_text_ratio=0.05", "curate.materialize.enabled=true",
         "curate.materialize.fps=12", "curate.materialize.short_side=64", *sets])
 

@@ -98,5 +98,6 @@ def test_resume_skips_complete_shards_and_keeps_bytes(captioned, tmp_path):
 def test_cli_refuses_uncaptioned_clips(captioned, tmp_path):
     d, _ = captioned
     res = subprocess.run([sys.executable, "-m", "infra.cli", "precompute", "--clips", str(d / "curated"),
-                          "--output", str(tmp_path / "x")], capture_output=True, text=True, cwd=ROOT)
+                          "--output", str(tmp_path / "x"), "--config", "configs/tiny.yaml"],
+                         capture_output=True, text=True, cwd=ROOT)
     assert res.returncode == 2 and "reelforge caption" in res.stderr

@@ -111,3 +111,72 @@ def test_tiny_encoder_is_deterministic_and_prompt_dependent():
     assert isinstance(build_text_encoder("tiny"), TinyTextEncoder)
     with pytest.raises(TypeError):
         a.encode("not a list")
+
+
+@pytest.mark.parametrize("kind,cls", [("t5", "T5EncoderModel"), ("umt5", "UMT5EncoderModel"), ("clip", "CLIPTextModel")])
+def test_hf_encoders_load_by_path_with_length_mask_and_dtype(kind, cls, tmp_path):
+    """Tiny T5 / UMT5 / CLIP text models saved with save_pretrained, loaded by path as a hub name is."""
+    from tests.tiny_models import save_text_encoder
+
+    path = save_text_encoder(kind, tmp_path / kind)
+    enc = build_text_encoder(path, max_length=5)
+    assert type(enc.model).__name__ == cls and enc.dim == 24 and enc.max_length == 5
+    tokens, mask, pooled = enc.encode(["a red square moves left on a white background", "a circle"])
+    assert mask.sum(1).tolist() == [5, 3]  # capped at max_length; "a circle" + </s>
+    assert tokens.shape == (2, 5, 24) and torch.equal(tokens[1, 3:], torch.zeros(2, 24))  # padding zeroed
+    alone = enc.encode(["a circle"])[0]
+    torch.testing.assert_close(alone[0], tokens[1, :3], atol=1e-5, rtol=1e-4)  # the mask hides the padding
+    half = build_text_encoder(path, dtype=torch.bfloat16)
+    assert next(half.model.parameters()).dtype == torch.bfloat16 and half.encode(["a"])[0].dtype == torch.float32
+
+
+def test_pipeline_repo_subfolder_takes_the_sibling_tokenizer(tmp_path):
+    """hf:REPO:text_encoder, with the tokenizer in REPO/tokenizer, as Wan and CogVideoX lay them out."""
+    from tests.tiny_models import save_text_encoder
+
+    repo = save_text_encoder("umt5", tmp_path / "repo", subfolder="text_encoder")
+    enc = build_text_encoder(f"hf:{repo}:text_encoder")
+    assert type(enc.model).__name__ == "UMT5EncoderModel" and enc.name.endswith(":text_encoder")
+    assert enc.encode(["a red square"])[1].sum() == 4
+
+
+def test_random_specs_are_named_and_missing_ones_fail_clearly(monkeypatch, tmp_path):
+    from training.models.hub import ModelUnavailable
+    from training.models.text import check_text_encoder, is_random_text_encoder
+
+    assert is_random_text_encoder("tiny") and is_random_text_encoder("openclip:ViT-B-32")
+    assert not is_random_text_encoder("openclip:ViT-L-14:openai") and not is_random_text_encoder("google/umt5-xxl")
+    assert not is_random_text_encoder("minilm")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for spec in ("hf:reelforge-tests/no-such-repo:text_encoder", "reelforge-tests/no-such-t5",
+                 "openclip:ViT-L-14:laion2b_s32b_b82k"):
+        with pytest.raises(ModelUnavailable) as info:
+            check_text_encoder(spec)
+        assert "HF_HUB_OFFLINE" in str(info.value) and "hf download" in str(info.value)
+    with pytest.raises(ModelUnavailable, match="does not exist"):
+        check_text_encoder(str(tmp_path / "nope"))
+
+
+def test_a_whole_clip_checkpoint_gives_its_text_tower(tmp_path):
+    """openai/clip-vit-large-patch14 style: a CLIPModel repo used as a text encoder loads CLIPTextModel."""
+    import transformers as tf
+
+    from tests.tiny_models import _tokenizer
+
+    tok = _tokenizer()
+    config = tf.CLIPConfig(text_config={"vocab_size": len(tok), "hidden_size": 24, "intermediate_size": 48,
+                                        "num_hidden_layers": 1, "num_attention_heads": 2,
+                                        "max_position_embeddings": 64},
+                           vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+                                          "num_attention_heads": 2, "image_size": 32, "patch_size": 16},
+                           projection_dim=8)
+    torch.manual_seed(0)
+    full = tf.CLIPModel(config).eval()
+    full.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    enc = build_text_encoder(str(tmp_path))
+    assert type(enc.model).__name__ == "CLIPTextModel" and enc.dim == 24
+    ids = tok(["a red square"], return_tensors="pt")
+    with torch.no_grad():
+        want = full.text_model(**ids).last_hidden_state
+    torch.testing.assert_close(enc.encode(["a red square"])[0], want)  # the checkpoint's own text weights

@@ -2,12 +2,11 @@
 
 import itertools
 import json
-import sys
 
 import pytest
 import torch
 
-from training.models.vae import VAE_PRESETS, DiagonalGaussian, VideoVAE, VideoVAEConfig, build_vae, load_diffusers_vae
+from training.models.vae import VAE_PRESETS, DiagonalGaussian, VideoVAE, VideoVAEConfig, build_vae
 from training.vae_train import estimate_scaling_factor, psnr, train_vae
 
 
@@ -117,9 +116,3 @@ def test_estimated_scaling_factor_gives_unit_variance_latents(vae):
     with torch.no_grad():
         z = torch.cat([vae.encode(v).mode().flatten() for v in videos]) * scale
     assert abs(z.std().item() - 1.0) < 1e-3
-
-
-def test_diffusers_adapter_names_the_install_when_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "diffusers", None)  # import diffusers -> ImportError
-    with pytest.raises(ImportError, match="pip install diffusers"):
-        load_diffusers_vae("some/video-vae")

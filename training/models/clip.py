@@ -19,17 +19,64 @@ from einops import rearrange
 log = logging.getLogger(__name__)
 
 
+def is_random_clip(name: str, pretrained: str | None) -> bool:
+    """No pretrained tag or file (and no hf-hub:/local-dir: model, which carries its weights)."""
+    return not pretrained and not str(name).startswith(("hf-hub:", "local-dir:"))
+
+
+def _pretrained_source(name: str, pretrained: str) -> dict:
+    """The open_clip tag's config (a local file needs none); fails at once, clearly, when it cannot load."""
+    import open_clip
+
+    from training.models.hub import ensure_hub_file, hf_offline, unavailable
+
+    if os.path.isfile(os.path.expanduser(pretrained)):
+        return {}
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    if not cfg:
+        if looks_like_path(pretrained):
+            raise unavailable(f"open_clip {name} weights", pretrained)
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        raise ValueError(f"open_clip {name} has no pretrained tag {pretrained!r}; known: {tags}")
+    hub = cfg.get("hf_hub", "")
+    if hub and hf_offline():  # open_clip would try the hub: check its cache first, for a clear message
+        repo, filename = os.path.split(hub)  # "org/model/" -> ("org/model", ""): the default file names
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for i, file in enumerate(names):
+            try:
+                ensure_hub_file(f"open_clip {name} ({pretrained})", repo, file)
+                break
+            except OSError:
+                if i == len(names) - 1:
+                    raise
+    return cfg
+
+
+def check_clip(name: str, pretrained: str | None) -> None:
+    """Fail now, clearly, when the open_clip weights cannot be found (nothing is built)."""
+    if pretrained:
+        _pretrained_source(Path(name).stem if name.endswith(".json") else name, pretrained)
+
+
+def looks_like_path(text: str) -> bool:
+    return os.sep in text or text.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
 def load_clip(name: str, pretrained: str | None = None, device: str = "cpu", *, purpose: str = "open_clip"):
-    """An open_clip model by name (or a model-config .json path); random init (seeded) when pretrained is None."""
+    """An open_clip model by name (or a model-config .json path) with pretrained weights: an open_clip
+    tag ("openai", "laion2b_s32b_b82k", ...) or a local checkpoint; random init (seeded) when None."""
     import open_clip
 
     if name.endswith(".json") and os.path.isfile(name):
         open_clip.add_model_config(name)  # a tiny config in tests: registered under its file stem
         name = Path(name).stem
+    tag = _pretrained_source(name, pretrained) if pretrained else {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # a random tower must embed alike on every worker
-        model = open_clip.create_model(name, pretrained=pretrained, device=device).eval()
-    if pretrained is None:
+        # OpenAI's weights were trained with QuickGELU: build the tower to match the tag
+        model = open_clip.create_model(name, pretrained=pretrained, device=device,
+                                       force_quick_gelu=bool(tag.get("quick_gelu"))).eval()
+    if is_random_clip(name, pretrained):
         log.warning("%s: open_clip %s is randomly initialised: its numbers mean nothing", purpose, name)
     return model, name
 
@@ -71,6 +118,7 @@ class ClipScorer:
         import open_clip
 
         model, name = load_clip(name, pretrained, device, purpose="CLIP score")
+        self.random = is_random_clip(name, pretrained)
         self.images = ClipImages(model, device)
         self.tokenizer = open_clip.get_tokenizer(name)
 

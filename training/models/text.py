@@ -9,16 +9,11 @@ for tests that needs no download.
 
 from __future__ import annotations
 
-import os
 import re
 import zlib
 
 import torch
 import torch.nn as nn
-
-
-def _hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("", "0", "false", "no")
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -67,24 +62,32 @@ def _encoder_class(config):
 
 
 class HFTextEncoder(TextEncoder):
-    """Any Hugging Face text encoder by hub name or local path; pooled = masked mean of tokens."""
+    """Any Hugging Face text encoder by hub name or local path; pooled = masked mean of tokens.
 
-    def __init__(self, name_or_path: str, max_length: int | None = None, normalize_pooled=False):
+    `subfolder` picks a component of a pipeline repo (e.g. Wan's "text_encoder"); its tokenizer is
+    read from the same folder, else from the sibling "tokenizer" folder, as diffusers lays them out.
+    """
+
+    def __init__(self, name_or_path: str, max_length: int | None = None, normalize_pooled=False,
+                 subfolder: str | None = None, dtype: torch.dtype | None = None):
         super().__init__()
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoConfig
 
-        offline = _hf_offline()
+        from training.models.hub import ensure_hub_file, hf_offline, unavailable
+
+        ensure_hub_file("text encoder", name_or_path, "config.json", subfolder)  # one clear message when missing
+        offline = hf_offline()
+        where = {"local_files_only": offline, **({"subfolder": subfolder} if subfolder else {})}
         try:
-            config = AutoConfig.from_pretrained(name_or_path, local_files_only=offline)
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline)
-            model = _encoder_class(config).from_pretrained(name_or_path, local_files_only=offline)
+            config = AutoConfig.from_pretrained(name_or_path, **where)
+            self.tokenizer = _tokenizer(name_or_path, subfolder, offline)
+            model = _encoder_class(config).from_pretrained(name_or_path, dtype=dtype, **where)
         except (OSError, ValueError) as e:
-            where = "offline (HF_HUB_OFFLINE=1): pass a local path or a name already in the HF cache" \
-                if offline else "from the hub or disk"
-            raise OSError(f"could not load text encoder {name_or_path!r} {where}: {e}") from e
+            raise unavailable("text encoder", name_or_path, e) from None
         self.model = model.eval()
-        self.name = str(name_or_path)
-        self.dim = int(getattr(config, "d_model", None) or config.hidden_size)
+        self.name = str(name_or_path) + (f":{subfolder}" if subfolder else "")
+        text_config = getattr(config, "text_config", None) or config  # a whole CLIP/SigLIP checkpoint
+        self.dim = int(getattr(text_config, "d_model", None) or text_config.hidden_size)
         model_max = self.tokenizer.model_max_length
         self.max_length = int(max_length or (model_max if model_max < 100_000 else 512))
         self.normalize_pooled = normalize_pooled
@@ -99,6 +102,20 @@ class HFTextEncoder(TextEncoder):
         if self.normalize_pooled:
             pooled = nn.functional.normalize(pooled, dim=-1)
         return tokens, mask, pooled
+
+
+def _tokenizer(name_or_path: str, subfolder: str | None, offline: bool):
+    """The tokenizer beside the model (same folder), else in the pipeline's "tokenizer" folder."""
+    from transformers import AutoTokenizer
+
+    tries = [subfolder, "tokenizer"] if subfolder else [None]
+    for i, sub in enumerate(tries):
+        try:
+            return AutoTokenizer.from_pretrained(name_or_path, local_files_only=offline,
+                                                 **({"subfolder": sub} if sub else {}))
+        except (OSError, ValueError):
+            if i == len(tries) - 1:
+                raise
 
 
 class MiniLMTextEncoder(HFTextEncoder):
@@ -132,10 +149,9 @@ class OpenCLIPTextEncoder(TextEncoder):
         super().__init__()
         import open_clip
 
-        try:
-            model = open_clip.create_model(model_name, pretrained=pretrained)
-        except Exception as e:  # open_clip raises RuntimeError/OSError/HF errors alike
-            raise RuntimeError(f"could not build open_clip {model_name!r} with pretrained={pretrained!r}: {e}") from e
+        from training.models.clip import load_clip
+
+        model, model_name = load_clip(model_name, pretrained, purpose="text encoder")
         tower = model.text if isinstance(getattr(model, "text", None), nn.Module) else model
         if not hasattr(tower, "token_embedding"):
             raise NotImplementedError(f"{model_name} has a Hugging Face text tower: use HFTextEncoder")
@@ -206,8 +222,42 @@ class TinyTextEncoder(TextEncoder):
         return x, mask, masked_mean(x.masked_fill(~mask[..., None], 0.0), mask)
 
 
-def build_text_encoder(spec: str) -> TextEncoder:
-    """"tiny", "minilm", "openclip:MODEL[:PRETRAINED_PATH]", or a Hugging Face name or path."""
+def is_random_text_encoder(spec: str) -> bool:
+    """"tiny", or an open_clip tower without pretrained weights."""
+    return spec == "tiny" or (spec.startswith("openclip:") and len(spec.split(":", 2)) < 3)
+
+
+def _hf_spec(spec: str) -> tuple[str, str | None]:
+    """"hf:NAME_OR_PATH[:subfolder]" or a plain name/path -> (name or path, subfolder or None)."""
+    if not spec.startswith("hf:"):
+        return spec, None
+    name, sep, sub = spec[3:].rpartition(":")
+    return (name, sub) if sep and "/" not in sub else (spec[3:], None)
+
+
+def check_text_encoder(spec: str) -> None:
+    """Fail now, clearly, when the encoder's weights cannot be found (nothing is loaded)."""
+    if spec in ("tiny", "minilm"):
+        return
+    if spec.startswith("openclip:"):
+        from training.models.clip import _pretrained_source
+
+        _, model_name, *rest = spec.split(":", 2)
+        if rest:
+            _pretrained_source(model_name, rest[0])
+        return
+    from training.models.hub import ensure_hub_file
+
+    name, subfolder = _hf_spec(spec)
+    ensure_hub_file("text encoder", name, subfolder=subfolder)
+
+
+def build_text_encoder(spec: str, max_length: int | None = None, dtype: torch.dtype | None = None) -> TextEncoder:
+    """"tiny", "minilm", "openclip:MODEL[:PRETRAINED]" (an open_clip tag or a local checkpoint),
+    "hf:NAME_OR_PATH[:subfolder]" or a plain Hugging Face name or path (T5, UMT5, CLIP text, any encoder).
+
+    max_length caps the tokens (default: the tokenizer's); dtype is the weights' (default float32).
+    """
     if spec == "tiny":
         return TinyTextEncoder()
     if spec == "minilm":
@@ -215,4 +265,5 @@ def build_text_encoder(spec: str) -> TextEncoder:
     if spec.startswith("openclip:"):
         _, model_name, *rest = spec.split(":", 2)
         return OpenCLIPTextEncoder(model_name, pretrained=rest[0] if rest else None)
-    return HFTextEncoder(spec)
+    name, subfolder = _hf_spec(spec)
+    return HFTextEncoder(name, max_length=max_length, subfolder=subfolder, dtype=dtype)

@@ -10,8 +10,8 @@ with each causal layer keeping the last frames of the previous chunk (`cache`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from training.models.io import PretrainedMixin, from_preset
+from training.models.latents import LatentNorm, LatentSpec, describe_vae
 
 
 @dataclass(frozen=True)
@@ -241,9 +242,23 @@ class VideoVAE(PretrainedMixin, nn.Module):
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
 
+    family_class = "VideoVAE"
+    family = "reelforge"
+
     @property
     def scaling_factor(self) -> float:
         return self.config.scaling_factor
+
+    @property
+    def latent_norm(self) -> LatentNorm:
+        return LatentNorm(scale=self.config.scaling_factor)  # z_norm = z * scaling_factor
+
+    @property
+    def latent_channels(self) -> int:
+        return self.config.latent_channels
+
+    def identity_config(self) -> dict:
+        return dataclasses.asdict(self.config)
 
     @property
     def temporal_compression(self) -> int:
@@ -318,67 +333,51 @@ def build_vae(preset_or_config: str | VideoVAEConfig, **overrides) -> VideoVAE:
 
 
 #################################################################################
-#                        Pretrained diffusers VAEs (optional)                   #
+#                          Loading by spec (preset, dir, diffusers)             #
 #################################################################################
 
 
-def _hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("", "0", "false", "no")
+def is_random_vae(spec: str) -> bool:
+    """A preset name builds a randomly initialised VAE (a directory or a diffusers model is trained)."""
+    return spec in VAE_PRESETS
 
 
-class DiffusersVAE(nn.Module):
-    """A diffusers video VAE behind VideoVAE's interface (encode -> posterior, decode -> pixels)."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        cfg = model.config
-        self.scaling_factor = float(getattr(cfg, "scaling_factor", None) or 1.0)
-        self.temporal_compression = int(
-            getattr(cfg, "temporal_compression_ratio", None) or getattr(cfg, "scale_factor_temporal", 4)
-        )
-        self.spatial_compression = int(getattr(cfg, "scale_factor_spatial", None) or 8)
-        if hasattr(model, "enable_tiling"):
-            model.enable_tiling()  # bounds memory on long or large clips
-
-    def latent_frames(self, num_frames: int) -> int:
-        return 1 + (num_frames - 1) // self.temporal_compression
-
-    def encode(self, x):
-        return self.model.encode(x).latent_dist
-
-    def decode(self, z):
-        return self.model.decode(z).sample
-
-
-def load_diffusers_vae(name_or_path: str, subfolder: str | None = None) -> DiffusersVAE:
-    """Load a pretrained diffusers VAE (e.g. Wan, CogVideoX) by hub name or local path."""
-    try:
-        import diffusers
-    except ImportError as e:
-        raise ImportError("load_diffusers_vae needs diffusers: pip install diffusers") from e
-    try:
-        model = diffusers.AutoModel.from_pretrained(
-            name_or_path, subfolder=subfolder, local_files_only=_hf_offline()
-        )
-    except OSError as e:
-        hint = " (HF_HUB_OFFLINE is set: pass a local path or a cached name)" if _hf_offline() else ""
-        raise OSError(f"could not load a diffusers VAE from {name_or_path!r}{hint}: {e}") from e
-    return DiffusersVAE(model.eval())
-
-
-def load_vae(spec: str, device="cpu", seed: int = 0):
-    """A VAE by spec: a preset name ("tiny", "base": random init from `seed`), a directory written
-    by `save_pretrained`, or "diffusers:NAME_OR_PATH" for a pretrained diffusers video VAE."""
-    from pathlib import Path
-
+def load_vae(spec: str, device="cpu", seed: int = 0, dtype: torch.dtype | None = None, tiling: bool = True,
+             slicing: bool = True, tile_px: int | None = None):
+    """A VAE by spec: a preset name ("tiny", "base": random init from `seed`), a directory written by
+    `save_pretrained` (train-vae), or "diffusers:NAME_OR_PATH[:subfolder]" for a pretrained diffusers VAE
+    (training/models/diffusers_vae.py; tiling, slicing and tile_px apply to those)."""
     if spec.startswith("diffusers:"):
-        return load_diffusers_vae(spec[len("diffusers:"):]).to(device)
+        from training.models.diffusers_vae import load_diffusers_vae
+
+        return load_diffusers_vae(spec, device=device, dtype=dtype, tiling=tiling, slicing=slicing, tile_px=tile_px)
     if Path(spec).is_dir():
-        return VideoVAE.from_pretrained(spec, device=device)
+        return VideoVAE.from_pretrained(spec, device=device).to(dtype=dtype)
     if spec in VAE_PRESETS:
         with torch.random.fork_rng(devices=[]):  # same seed, same weights, global RNG untouched
             torch.manual_seed(seed)
-            return build_vae(spec).to(device)
+            return build_vae(spec).to(device, dtype=dtype)
     raise ValueError(f"unknown VAE {spec!r}: expected one of {sorted(VAE_PRESETS)}, a directory saved "
-                     "with save_pretrained, or diffusers:NAME_OR_PATH")
+                     "with save_pretrained, or diffusers:NAME_OR_PATH[:subfolder]")
+
+
+def refuse_random_models(vae_spec: str, text_spec: str, section: str, allowed: bool) -> list[str]:
+    """Random-weights notes for a VAE and text encoder pair (sample, eval); refused unless `allowed`."""
+    from training.models.hub import random_note, refuse_random
+    from training.models.text import is_random_text_encoder
+
+    notes = [random_note("VAE", vae_spec)] if is_random_vae(vae_spec) else []
+    notes += [random_note("text encoder", text_spec)] if is_random_text_encoder(text_spec) else []
+    return refuse_random(notes, section, allowed)
+
+
+def load_decoding_vae(spec: str, meta: dict, device="cpu", dtype: torch.dtype | None = None):
+    """The VAE that decodes a checkpoint's latents (its meta.json records the VAE that made them):
+    a different VAE is refused; returns (vae, the latent normalisation to invert)."""
+    vae = load_vae(spec, device=device, dtype=dtype).eval()
+    given = describe_vae(vae, spec, random=is_random_vae(spec))
+    made = LatentSpec.from_meta(meta)
+    if made is None:  # a run from before the latents table recorded its VAE
+        return vae, given.norm
+    made.check_compatible(given)
+    return vae, made.norm
