@@ -50,7 +50,7 @@ def encode(vae, norm, frames) -> torch.Tensor:
     p = next(vae.parameters())
     x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].to(p.device, torch.float32) / 127.5 - 1.0
     z = vae.encode(x.to(p.dtype)).mode().float()
-    return norm.normalize(z) if norm is not None else z * vae.scaling_factor
+    return (norm or vae.latent_norm).normalize(z)  # the normalisation the checkpoint's latents were made with
 
 
 def _pixels(uri: str, s, max_frames: int | None = None, last: bool = False):
