@@ -100,6 +100,47 @@ def edit(vae, norm, video: str, strength: float, s) -> FrameCondition:
     return FrameCondition(z, None, strength=strength, mode="edit")
 
 
+@dataclass(frozen=True)
+class ConditionSpec:
+    """What `reelforge sample` was asked to condition on (its flags), before any file is read."""
+
+    image: str | None = None
+    video: str | None = None
+    extend: int | None = None
+    backward: bool = False
+    connect: tuple[str, str] | None = None
+    strength: float | None = None
+
+    def check(self) -> ConditionSpec:
+        """Exactly one mode, with the inputs it needs; a ValueError that names the flags otherwise."""
+        modes = [self.image is not None, self.extend is not None, self.connect is not None, self.strength is not None]
+        if sum(modes) > 1:
+            raise ValueError("give one of --image, --video with --extend, --connect A B, --video with --strength")
+        if (self.extend is not None or self.strength is not None) and not self.video:
+            raise ValueError("--extend and --strength need --video VID")
+        if self.video and self.extend is None and self.strength is None:
+            raise ValueError("--video needs --extend N (add N latent frames) or --strength s (edit)")
+        if self.backward and self.extend is None:
+            raise ValueError("--backward goes with --video VID --extend N")
+        return self
+
+    @property
+    def active(self) -> bool:
+        return any([self.image, self.video, self.connect])
+
+    def build(self, vae, norm, s) -> FrameCondition | None:
+        """The FrameCondition of these flags, its inputs encoded with `vae` (sample settings `s`)."""
+        if self.image:
+            return animate(vae, norm, self.image, s)
+        if self.connect:
+            return connect(vae, norm, self.connect[0], self.connect[1], s)
+        if self.video and self.extend is not None:
+            return extend(vae, norm, self.video, self.extend, s, backward=self.backward)
+        if self.video:
+            return edit(vae, norm, self.video, self.strength, s)
+        return None
+
+
 def pixel_frames(vae, latent_frames: int) -> int:
     """Pixel frames a clip of `latent_frames` decodes to."""
     return 1 + vae.temporal_compression * (latent_frames - 1)
