@@ -125,3 +125,19 @@ def test_sdedit_starts_from_the_noised_input():
     assert (out - clean).abs().mean() < (noise - clean).abs().mean() / 2
     with pytest.raises(ValueError, match="strength"):
         flow.sample(rec, clean.shape, condition(1), steps=2, clean=clean, strength=0.0)
+
+
+def test_batch_loss_with_the_config_off_is_the_plain_loss():
+    from infra.config import ConditioningConfig
+    from training.step import batch_loss
+
+    model = randomize(build_dit("VDiT-T/2"))
+    g = torch.Generator().manual_seed(2)
+    batch = {"latent": torch.randn(2, 4, 3, 4, 4, generator=g), **condition()}
+    plain = batch_loss(model, batch, caption_dropout=0.5, generator=torch.Generator().manual_seed(9))
+    off = batch_loss(model, batch, caption_dropout=0.5, generator=torch.Generator().manual_seed(9),
+                     conditioning=ConditioningConfig())
+    assert torch.equal(plain, off)
+    on = batch_loss(randomize(build_dit("VDiT-T/2", frame_cond=True)), batch, caption_dropout=0.5,
+                    generator=torch.Generator().manual_seed(9), conditioning=ConditioningConfig(connect=1.0))
+    assert torch.isfinite(on)
