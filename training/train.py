@@ -162,7 +162,8 @@ def _step(engine, optimizer, ema: EMA, gen, t, step: int, batch: dict, weight: f
     """One optimizer step of the engine on a bucket batch (and the EMA); returns the LR it used."""
     lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.min_lr)
     set_lr(optimizer, lr)  # the torch AdamW's param groups, which DeepSpeed's wrapper steps
-    loss = batch_loss(engine, batch, caption_dropout=t.caption_dropout, generator=gen, device=device)
+    loss = batch_loss(engine, batch, caption_dropout=t.caption_dropout, generator=gen, device=device,
+                      conditioning=t.conditioning)
     engine.backward(loss * weight)
     engine.step()  # clips gradients (gradient_clipping) and steps the optimizer
     ema.update(zero.ema_sources(engine.module, t.zero_stage), ema_decay_at(step, t.ema_decay))
@@ -185,7 +186,8 @@ def train_loop_per_worker(config: dict) -> None:
     shard = ray.train.get_dataset_shard("train")
     # 2. model + EMA: the same seed on every rank gives the same initial weights
     torch.manual_seed(t.seed)
-    model = build_dit(t.model, in_channels=meta["channels"], text_dim=meta["text_dim"])
+    model = build_dit(t.model, in_channels=meta["channels"], text_dim=meta["text_dim"],
+                      frame_cond=t.conditioning.enabled)  # conditioning frames in training: the mask input
     model.gradient_checkpointing = t.gradient_checkpointing
     # 3. optimizer: a torch AdamW handed to DeepSpeed
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
