@@ -141,3 +141,12 @@ def test_batch_loss_with_the_config_off_is_the_plain_loss():
     on = batch_loss(randomize(build_dit("VDiT-T/2", frame_cond=True)), batch, caption_dropout=0.5,
                     generator=torch.Generator().manual_seed(9), conditioning=ConditioningConfig(connect=1.0))
     assert torch.isfinite(on)
+
+
+@pytest.mark.parametrize("mask", [None, torch.tensor([[True, False, False]])])
+def test_every_parameter_gets_a_gradient_with_or_without_a_mask(mask):
+    # ZeRO reduces gradients parameter by parameter: a rank whose batch drew no conditioning must still
+    # produce one for the conditioning embedding, or the ranks' collectives no longer match.
+    model = randomize(build_dit("VDiT-T/2", frame_cond=True))
+    model(torch.randn(1, 4, 3, 4, 4), torch.tensor([0.5]), condition(1)["text_tokens"], frame_mask=mask).sum().backward()
+    assert all(p.grad is not None for p in model.parameters())

@@ -345,13 +345,13 @@ class VideoDiT(PretrainedMixin, nn.Module):
         pooled = self.pooled_embedder(text_pooled)  # (B, D)
         c = self.t_embedder(t) + pooled  # (B, D)
         ctx = self.text_embedder(text_tokens)  # (B, L, D)
-        frames = None
-        if frame_mask is not None and bool(frame_mask.any()):
-            if not self.config.frame_cond:
-                raise ValueError("this VideoDiT was built without frame conditioning (frame_cond=False)")
-            tokens = self._frame_tokens(frame_mask.to(x.device), grid)  # (B, N)
+        frames, given = None, frame_mask is not None and bool(frame_mask.any())
+        if given and not self.config.frame_cond:
+            raise ValueError("this VideoDiT was built without frame conditioning (frame_cond=False)")
+        if self.config.frame_cond:  # always in the graph: every rank's gradients then cover the same parameters
+            tokens = self._frame_tokens(frame_mask.to(x.device), grid) if given else x.new_zeros(x.shape[:2], dtype=torch.bool)
             x = x + tokens[..., None].to(dtype) * self.cond_embed  # (B, N, D)
-            frames = (self.t_embedder(torch.zeros_like(t)) + pooled, tokens)
+            frames = (self.t_embedder(torch.zeros_like(t)) + pooled, tokens) if given else None
         # 3. sequence parallelism (Ulysses): this rank keeps N/P tokens, with their global positions
         sp, n_real, seq = self.sequence_parallel, x.shape[1], None
         if sp is not None and sp.size > 1:
