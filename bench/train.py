@@ -74,8 +74,8 @@ def distributed(model_name, bucket, per_worker, steps, workers, channels, use_gp
                 f"train.steps={steps}", f"train.log_every={steps}", f"train.checkpoint_every={steps}",
                 "train.zero_stage=2", "train.warmup_steps=2", f"train.debug_dir={debug}",
                 f"train.use_gpu={str(use_gpu).lower()}", "train.cpus_per_worker=1", "train.max_failures=0"]
-        # logical CPUs: one per worker plus one for Ray Data's reads (a Ray already up is joined)
-        cfg = load_config(None, sets + [f"ray.num_cpus={workers + 1}"])
+        # logical CPUs: one per worker (each reads its own row groups; a Ray already up is joined)
+        cfg = load_config(None, sets + [f"ray.num_cpus={workers}"])
         init_ray(cfg)
         from training.train import run_train
 

@@ -16,7 +16,8 @@ from infra.config import ConfigError
 
 def train_vae(
     clips: str = typer.Option(..., "--clips", help="a curate output root (its clips/ table); local or s3://"),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="where vae/ goes (default: CLIPS/vae-train)"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="where vae/ goes, local or s3:// "
+                                         "(default: CLIPS/vae-train)"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,
 ) -> None:
@@ -109,11 +110,14 @@ def print_tune_summary(summary: dict) -> None:
 
 
 def sample(
-    checkpoint: str = typer.Option(..., "--checkpoint", help="checkpoint dir with dit/ (and ema/, meta.json)"),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="checkpoint dir with dit/ (and ema/, meta.json); "
+                                   "local or s3://"),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="text prompt (repeatable: one video each)"),
-    output: str = typer.Option("samples", "--output", "-o", help="folder for the mp4 (or png) files"),
-    vae: Optional[str] = typer.Option(None, "--vae", help="VAE spec (default: the checkpoint's, else precompute.vae)"),
+    output: str = typer.Option("samples", "--output", "-o", help="folder for the mp4 (or png) files, local or s3://"),
+    vae: Optional[str] = typer.Option(None, "--vae", help="VAE spec or save_pretrained dir, local or s3:// "
+                                      "(default: the checkpoint's, else precompute.vae)"),
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="text encoder spec (default as --vae)"),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda"),
     num_frames: Optional[int] = typer.Option(None, "--num-frames", help="pixel frames (1: an image, written as PNG; "
                                              "default sample.num_frames)"),
     image: Optional[str] = typer.Option(None, "--image", help="animate this image: it stays the first frame"),
@@ -138,6 +142,8 @@ def sample(
     from training.conditioning import ConditionSpec
     from training.sample import prepare_prompts, sample_to_files
 
+    if device not in ("auto", "cpu", "cuda"):
+        fail("sample", f"--device must be auto, cpu or cuda, not {device!r}")
     extra = [f"sample.num_frames={num_frames}"] if num_frames else []
     extra += [f"sample.prompt_extension={prompt_extension}"] if prompt_extension else []
     cfg = _load(config, [*sets, *extra])
@@ -148,16 +154,18 @@ def sample(
             for p, f in zip(prompt, final):
                 out.print(f"prompt {p!r} -> {f!r}")
         paths = sample_to_files(cfg, checkpoint, final, output, vae_spec=vae, text_encoder_spec=text_encoder,
-                                condition=spec)
+                                device=device, condition=spec)
     for p, path in zip(final, paths):
         out.print(f"{path}  <- {p!r}")
 
 
 def eval_cmd(
-    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="DiT checkpoint dir: sample held-out prompts"),
-    vae: Optional[str] = typer.Option(None, "--vae", help="VAE dir (save_pretrained): PSNR/SSIM on --clips"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="DiT checkpoint dir (local or s3://): "
+                                             "sample held-out prompts"),
+    vae: Optional[str] = typer.Option(None, "--vae", help="VAE dir (save_pretrained, local or s3://): PSNR/SSIM on --clips"),
     clips: Optional[str] = typer.Option(None, "--clips", help="a world dir (its eval split) or a curate output root"),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="folder for eval.json and the sampled mp4s"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="folder for eval.json and the sampled mp4s "
+                                         "(local or s3://)"),
     max_clips: int = typer.Option(16, "--max-clips", help="clips for the VAE metrics"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,

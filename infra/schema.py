@@ -154,6 +154,11 @@ LATENTS_SCHEMA = pa.schema(
         ("sample_weight", pa.float64()),  # from selection.weights (reelforge balance); null: none given
     ]
 )
+# The latents columns with min/max statistics in Parquet footers: the training plan reads `bucket`,
+# `vae` and `text_encoder` there (training/plan.py). The tensor bytes get none: as min/max they
+# would copy two blobs into the footer for every row group.
+LATENTS_STATISTICS = ["clip_id", "caption", "latent_dtype", "text_len", "vae", "text_encoder", "bucket", "fps",
+                      "height", "width", "num_frames", "vae_id", "latent_norm"]
 
 
 # ----------------------------------------------------------------------------- the tensor codec

@@ -20,10 +20,12 @@ import os
 import posixpath
 import random
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO, TypeVar
 from urllib.parse import urlparse
 
@@ -308,10 +310,11 @@ def open_seekable(uri: str) -> Iterator[BinaryIO]:
 # ----------------------------------------------------------------------------- Parquet
 
 
-def write_table(table: pa.Table, uri: str) -> None:
-    """Write one Parquet file as a whole object."""
+def write_table(table: pa.Table, uri: str, **parquet) -> None:
+    """Write one Parquet file as a whole object; `parquet`: pyarrow.parquet.write_table keywords
+    (e.g. row_group_size, write_statistics)."""
     buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
+    pq.write_table(table, buf, **{"compression": "zstd", **parquet})
     write_bytes(uri, buf.getvalue())
 
 
@@ -331,3 +334,74 @@ def read_table(uri: str, schema: pa.Schema | None = None, columns: list[str] | N
     tables = [with_retries(lambda f=f: pq.read_table(f, filesystem=fs, columns=columns),
                            f"read {'s3://' + f if is_s3(uri) else f}") for f in files]
     return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
+
+
+# ----------------------------------------------------------------------------- folders <-> s3 prefixes
+
+
+def _copy_file(src: str, dst: str) -> None:
+    """Stream one file from `src` to `dst` (each local or s3://); on S3 it appears whole or not at all."""
+    (src_fs, src_path), (dst_fs, dst_path) = filesystem(src), filesystem(dst)
+    if not is_s3(dst):
+        os.makedirs(os.path.dirname(dst_path), exist_ok=True)
+    with_retries(lambda: pafs.copy_files(src_path, dst_path, source_filesystem=src_fs, destination_filesystem=dst_fs),
+                 f"copy {src} -> {dst}")
+
+
+def download_dir(uri: str, local: str, only: tuple[str, ...] = ()) -> list[str]:
+    """Copy the files under `uri` (an s3:// prefix or a folder) into the local folder `local`, keeping
+    their relative paths; `only` keeps those under these relative names. Returns the relative paths."""
+    _, root = filesystem(uri)
+    copied = []
+    for f in list_files(uri):
+        rel = filesystem(f)[1][len(root):].lstrip("/")
+        parts = rel.split("/")
+        if only and not any(parts[: len(o.strip("/").split("/"))] == o.strip("/").split("/") for o in only):
+            continue
+        if any(p in ("", ".", "..") for p in parts):  # a key must not climb out of the folder
+            raise ValueError(f"refusing to download {f}: unsafe relative path {rel!r}")
+        _copy_file(f, os.path.join(local, *parts))
+        copied.append(rel)
+    if not copied:
+        raise FileNotFoundError(f"no files under {uri}" + (f" in {list(only)}" if only else ""))
+    return copied
+
+
+def upload_dir(local: str, uri: str) -> list[str]:
+    """Copy every file under the local folder `local` to `uri` (s3:// or a folder), each a whole
+    object, keeping relative paths; returns them."""
+    rels = sorted(p.relative_to(local).as_posix() for p in Path(local).rglob("*") if p.is_file())
+    for rel in rels:
+        _copy_file(os.path.join(local, rel), join(uri, rel))
+    return rels
+
+
+@contextlib.contextmanager
+def local_copy(uri: str, only: tuple[str, ...] = ()) -> Iterator[str]:
+    """A local folder holding the files of `uri`: the folder itself when local, else a temporary
+    download (of `only` when given) that is removed after the block."""
+    if not is_s3(uri):
+        yield uri
+        return
+    tmp = tempfile.mkdtemp(prefix="rf-download-")
+    try:
+        download_dir(uri, tmp, only)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_dir(uri: str) -> Iterator[str]:
+    """A local folder to write into that ends up at `uri`: the folder itself when local, else a
+    temporary folder uploaded whole when the block succeeds, and removed."""
+    if not is_s3(uri):
+        os.makedirs(uri, exist_ok=True)
+        yield uri
+        return
+    tmp = tempfile.mkdtemp(prefix="rf-upload-")
+    try:
+        yield tmp
+        upload_dir(tmp, uri)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

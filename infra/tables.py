@@ -141,10 +141,12 @@ def completed(root: str, partitions: list[Partition], fingerprint: str | dict[st
     return done
 
 
-def write_partition(root: str, pid: str, tables: dict[str, pa.Table], fingerprint: str, counts: dict) -> dict:
-    """Write each table's part file, then the marker last (the marker is the commit)."""
+def write_partition(root: str, pid: str, tables: dict[str, pa.Table], fingerprint: str, counts: dict,
+                    parquet: dict | None = None) -> dict:
+    """Write each table's part file, then the marker last (the marker is the commit); `parquet`:
+    pyarrow write options for the table of that name."""
     for name, table in tables.items():
-        storage.write_table(table, part_uri(root, name, pid))
+        storage.write_table(table, part_uri(root, name, pid), **(parquet or {}).get(name, {}))
     marker = {"pid": pid, "fingerprint": fingerprint, "counts": counts,
               "rows": {name: t.num_rows for name, t in tables.items()}}
     storage.write_text(marker_uri(root, pid), json.dumps(marker, sort_keys=True))

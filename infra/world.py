@@ -218,8 +218,10 @@ def write_world(cfg: WorldConfig, out_dir: str | Path, progress=None) -> dict:
 
 def world_clips(root: str | Path, split: str | None = None) -> list[dict]:
     """Clip rows (uri, frames, seconds, fps, caption, attributes) of every scene in a world's index."""
-    root = Path(root)
-    index = json.loads((root / "world.json").read_text())
+    from infra import storage
+
+    root = str(root)
+    index = json.loads(storage.read_text(storage.join(root, "world.json")))  # local or s3://
     fps = float(index["config"]["fps"])
     rows = []
     for e in index["files"]:
@@ -227,6 +229,6 @@ def world_clips(root: str | Path, split: str | None = None) -> list[dict]:
             continue
         image = e.get("media_type") == "image"
         for s in e["scenes"]:
-            rows.append({"uri": str(root / e["file"]), "split": e["split"], "fps": None if image else fps,
+            rows.append({"uri": storage.join(root, e["file"]), "split": e["split"], "fps": None if image else fps,
                          "media_type": "image" if image else "video", **s})
     return rows

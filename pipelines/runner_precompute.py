@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -18,10 +19,11 @@ import numpy as np
 from infra import selection, storage, tables
 from infra.config import ReelForgeConfig
 from infra.runtime import ray_when_needed
-from infra.schema import LATENTS_SCHEMA, table_from_rows
+from infra.schema import LATENTS_SCHEMA, LATENTS_STATISTICS, table_from_rows
 from pipelines import precompute
 
 log = logging.getLogger(__name__)
+ROW_GROUP_BYTES = 64 * 2**20  # a row group is the unit one training rank reads
 _CLIP_COLS = ["clip_id", "uri", "start_frame", "end_frame", "fps", "width", "height", "num_frames", "caption", "keep",
               "sample_weight", "media_type"]
 
@@ -86,17 +88,30 @@ def plan_clips(cfg: ReelForgeConfig, clips_root: str, spec=None) -> tuple[list[d
 
 
 def plan_shards(rows: list[dict], shard_rows: int, shard_bytes: int) -> list[tuple[str, list[dict]]]:
-    """Cut clip_id-sorted rows into shards bounded by rows and estimated bytes; deterministic ids."""
-    shards, current, size = [], [], 0
-    for r in rows:
-        if current and (len(current) >= shard_rows or size + r["est_bytes"] > shard_bytes):
-            shards.append(current)
-            current, size = [], 0
-        current.append(r)
-        size += r["est_bytes"]
-    if current:
+    """Cut rows into shards of ONE bucket each (buckets in size order, clip_ids in order within one),
+    bounded by rows and estimated bytes; deterministic ids. A shard's bucket is then in its footer's
+    statistics, so training plans from footers alone (training/plan.py)."""
+    by_bucket: dict[tuple, list[dict]] = collections.defaultdict(list)
+    for r in sorted(rows, key=lambda r: r["clip_id"]):
+        by_bucket[(r["b_frames"], r["b_height"], r["b_width"])].append(r)
+    shards = []
+    for key in sorted(by_bucket):
+        current, size = [], 0
+        for r in by_bucket[key]:
+            if current and (len(current) >= shard_rows or size + r["est_bytes"] > shard_bytes):
+                shards.append(current)
+                current, size = [], 0
+            current.append(r)
+            size += r["est_bytes"]
         shards.append(current)
     return [(f"{i:05d}-{tables.digest(r['clip_id'] for r in shard)}", shard) for i, shard in enumerate(shards)]
+
+
+def row_group_rows(rows: list[dict], limit: int, max_bytes: int = ROW_GROUP_BYTES, min_groups: int = 16) -> int:
+    """Rows per Parquet row group of a shard: at most `limit` and about `max_bytes`, and small enough
+    for `min_groups` groups when the shard has the rows (so even a tiny table splits over many ranks)."""
+    biggest = max((len(r["latent"]) + len(r["text_emb"]) for r in rows), default=1)
+    return max(1, min(limit, max_bytes // max(biggest, 1), math.ceil(len(rows) / min_groups)))
 
 
 def _prep_batch(batch: dict) -> dict:
@@ -121,7 +136,7 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict]):
     return ds
 
 
-def _commit(output: str, pid: str, rows: list[dict], fingerprint: str) -> dict:
+def _commit(output: str, pid: str, rows: list[dict], fingerprint: str, group_rows: int) -> dict:
     rows.sort(key=lambda r: r["clip_id"])
     ok = [r for r in rows if not r.get("error")]
     bad = [r for r in rows if r.get("error")]
@@ -133,7 +148,9 @@ def _commit(output: str, pid: str, rows: list[dict], fingerprint: str) -> dict:
     nbytes = sum(len(r["latent"]) + len(r["text_emb"]) for r in ok)
     counts = {"rows": len(rows), "encoded": len(ok), "failed": len(bad), "bytes": nbytes,
               "per_bucket": dict(per_bucket), "prep_s": sum(float(r.get("prep_s") or 0) for r in rows)}
-    return tables.write_partition(output, pid, {"latents": latents, "failures": failures}, fingerprint, counts)
+    layout = {"row_group_size": row_group_rows(ok, group_rows), "write_statistics": LATENTS_STATISTICS}
+    return tables.write_partition(output, pid, {"latents": latents, "failures": failures}, fingerprint, counts,
+                                  parquet={"latents": layout})
 
 
 def run_precompute(cfg: ReelForgeConfig, clips_root: str, output: str,
@@ -156,7 +173,7 @@ def run_precompute(cfg: ReelForgeConfig, clips_root: str, output: str,
     t0 = time.perf_counter()
     if pending:
         def commit(pid: str, shard_rows: list[dict]) -> None:
-            markers[pid] = _commit(output, pid, shard_rows, fingerprint)
+            markers[pid] = _commit(output, pid, shard_rows, fingerprint, cfg.precompute.row_group_rows)
 
         items = [{**r, "shard": pid} for pid, s in pending for r in s]
         with ray_when_needed(cfg) as ensure_ray:

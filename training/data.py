@@ -1,23 +1,24 @@
 """The latents table, read back: bytes <-> tensors bit-exact, a plain reader over a local or S3
-dataset, and the training input: a per-rank plan, a bucket batcher and a padding collator.
+dataset, and the training input of one rank: its row groups read ahead in a background thread
+(training/plan.py says which), a bucket batcher and a padding collator. No Ray here.
 
 Tensors are stored as their raw bytes (`tensor.contiguous().view(uint8)`), with shape and dtype in
-sibling columns; bfloat16 has no numpy dtype, so the codec goes through torch only. Ray is only
-imported inside the last section's functions, which the launcher (training/train.py) calls.
+sibling columns; bfloat16 has no numpy dtype, so the codec goes through torch only.
 """
 
 from __future__ import annotations
 
 import math
-from collections import Counter
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import torch
 
 from infra import storage
 from infra.schema import LATENTS_SCHEMA, tensor_from_bytes
+from training.plan import read_row_group
 
 def read_latents(uri: str, columns: list[str] | None = None) -> pa.Table:
     """The latents table under `uri` (a precompute output root or its latents/ folder)."""
@@ -40,9 +41,7 @@ def iter_latents(uri: str) -> Iterator[dict]:
             yield row_tensors(row)
 
 
-# ----------------------------------------------------------------------------- the index and the plan
-# Columns the launcher reads to plan an epoch: small, so reading them for every row is cheap.
-INDEX_COLUMNS = ["clip_id", "bucket", "latent_shape", "text_emb_shape", "vae", "text_encoder"]
+# ----------------------------------------------------------------------------- the table's files
 
 
 def latents_dir(uri: str) -> str:
@@ -81,52 +80,6 @@ def bucket_batch_size(bucket: str, batch_size: int, batch_sizes: dict[str, int] 
     return batch_size
 
 
-@dataclass(frozen=True)
-class DataPlan:
-    """Which rows each rank trains on, the batch size per bucket, and the steps in an epoch."""
-
-    rank_ids: list[list[str]]  # clip_ids per rank
-    batch_sizes: dict[str, int]
-    rank_batches: list[int]  # batches per epoch on each rank
-    rows_per_bucket: dict[str, int]
-
-    @property
-    def steps_per_epoch(self) -> int:
-        # Every rank runs this many steps (collectives need the same count); a rank whose
-        # batches run out first pads with zero-weight steps.
-        return max(self.rank_batches)
-
-    @property
-    def rows(self) -> int:
-        return sum(self.rows_per_bucket.values())
-
-
-def plan_data(clip_ids: list[str], buckets: list[str], world_size: int, batch_size_for) -> DataPlan:
-    """Deal each bucket's rows round-robin over the ranks (sorted by clip_id, so the same table
-    gives the same plan), rotating the start so leftover rows spread over ranks."""
-    by_bucket: dict[str, list[str]] = {}
-    for cid, b in zip(clip_ids, buckets):
-        by_bucket.setdefault(b, []).append(cid)
-    if len(set(clip_ids)) != len(clip_ids):  # rows are keyed by clip_id when each rank reads its own
-        dup = next(c for c, n in Counter(clip_ids).items() if n > 1)
-        raise ValueError(f"clip_id {dup!r} appears more than once in the latents table")
-    if len(clip_ids) < world_size:
-        raise ValueError(f"{len(clip_ids)} latent rows cannot feed {world_size} workers")
-    rank_ids: list[list[str]] = [[] for _ in range(world_size)]
-    counts = [dict() for _ in range(world_size)]
-    start = 0
-    for b in sorted(by_bucket):
-        ids = sorted(by_bucket[b])
-        for j, cid in enumerate(ids):
-            r = (start + j) % world_size
-            rank_ids[r].append(cid)
-            counts[r][b] = counts[r].get(b, 0) + 1
-        start = (start + len(ids)) % world_size
-    sizes = {b: batch_size_for(b) for b in by_bucket}
-    rank_batches = [sum(math.ceil(n / sizes[b]) for b, n in c.items()) for c in counts]
-    return DataPlan(rank_ids, sizes, rank_batches, {b: len(v) for b, v in sorted(by_bucket.items())})
-
-
 # ----------------------------------------------------------------------------- batching
 
 
@@ -134,30 +87,46 @@ class BucketBatcher:
     """Rows -> batches of one bucket each: every row lands in exactly one batch per pass.
 
     Rows are shuffled in windows of `shuffle_buffer` (seeded by seed, epoch and rank), then
-    queued per bucket; a bucket's queue is emitted as a batch when it holds that bucket's batch
-    size, and the remainders are emitted (smaller) at the end, in bucket order. Same rows in
-    the same order and the same seed give the same batches.
+    queued per bucket; a bucket's queue is emitted as a batch when it holds that bucket's next
+    batch size. A size is an int (every batch that size, the remainder emitted smaller at the
+    end, in bucket order) or the planned list of sizes (training/plan.py `DataPlan.batch_plan`:
+    they add up to the bucket's rows, so nothing remains). Same rows in the same order and the
+    same seed give the same batches.
     """
 
-    def __init__(self, batch_sizes: dict[str, int], shuffle_buffer: int = 1024, seed: int = 0):
+    def __init__(self, batch_sizes: dict[str, int | list[int]], shuffle_buffer: int = 1024, seed: int = 0):
         self.batch_sizes, self.shuffle_buffer, self.seed = dict(batch_sizes), shuffle_buffer, seed
 
     def _generator(self, epoch: int, rank: int) -> torch.Generator:
         return torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) * 65_537 + rank)
 
+    def _sizes(self) -> dict[str, Iterator[int]]:
+        def forever(n: int) -> Iterator[int]:
+            while True:
+                yield n
+
+        return {b: forever(v) if isinstance(v, int) else iter(v) for b, v in self.batch_sizes.items()}
+
     def batches(self, rows: Iterable[dict], epoch: int = 0, rank: int = 0) -> Iterator[list[dict]]:
-        gen = self._generator(epoch, rank)
+        gen, sizes = self._generator(epoch, rank), self._sizes()
         queues: dict[str, list[dict]] = {}
+        targets: dict[str, int] = {}
         window: list[dict] = []
 
         def drain():
             for i in torch.randperm(len(window), generator=gen).tolist():
                 row = window[i]
-                q = queues.setdefault(row["bucket"], [])
+                b = row["bucket"]
+                q = queues.setdefault(b, [])
+                if b not in targets:
+                    targets[b] = next(sizes[b], 0)
+                    if not targets[b]:
+                        raise RuntimeError(f"bucket {b} has more rows than the plan's batches (rank {rank})")
                 q.append(row)
-                if len(q) == self.batch_sizes[row["bucket"]]:
+                if len(q) == targets[b]:
                     yield q[:]
                     q.clear()
+                    del targets[b]
             window.clear()
 
         for row in rows:
@@ -169,31 +138,91 @@ class BucketBatcher:
         yield from drain()
         for bucket in sorted(queues):
             if queues[bucket]:
+                if not isinstance(self.batch_sizes[bucket], int):
+                    raise RuntimeError(f"bucket {bucket} has fewer rows than the plan's batches (rank {rank})")
                 yield queues[bucket]
 
 
 class RowCache:
-    """Keeps one complete pass of decoded rows when they fit in `limit_mb`, so later epochs replay
-    them instead of re-reading the table (same rows, same order); 0 turns it off."""
+    """Keeps decoded row groups in memory while they fit in `limit_mb` (0: off), so later epochs
+    replay them instead of reading the table again; the rows are the same either way."""
 
     def __init__(self, limit_mb: int):
-        self.limit, self.rows = limit_mb * 2**20, None
+        self.limit, self.size, self.groups = limit_mb * 2**20, 0, {}
 
-    def epoch(self, read) -> Iterator[dict]:
-        """The rows of one epoch: replayed when cached, else read() (and cached if it fits)."""
-        if self.rows is not None:
-            yield from self.rows
-            return
-        kept, size = ([] if self.limit else None), 0
-        for row in read():
-            if kept is not None:
-                size += sum(row[k].numel() * row[k].element_size() for k in ("latent", "text_tokens"))
-                if size <= self.limit:
-                    kept.append(row)
-                else:
-                    kept, self.limit = None, 0  # too big: every epoch streams from the table
-            yield row
-        self.rows = kept  # reached only when the pass completed
+    def get(self, key) -> list[dict] | None:
+        return self.groups.get(key)
+
+    def offer(self, key, rows: list[dict]) -> None:
+        size = sum(r[k].numel() * r[k].element_size() for r in rows for k in ("latent", "text_tokens"))
+        if self.size + size <= self.limit:
+            self.groups[key], self.size = rows, self.size + size
+
+
+def prefetched(items: list, load: Callable, depth: int = 2) -> Iterator:
+    """load(item) for each item in order, computed up to `depth` items ahead in a background thread
+    (reading and decoding overlap the training step); an error is raised where its item is due."""
+    out: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                out.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put(("item", load(item))):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            put(("error", exc))
+
+    threading.Thread(target=work, daemon=True, name="rf-prefetch").start()
+    try:
+        while True:
+            kind, value = out.get()
+            if kind == "end":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+
+
+class RankReader:
+    """One rank's rows for an epoch: its row groups (DataPlan.rank_groups) in an order shuffled per
+    epoch (seeded by seed, epoch and rank), each read directly with pyarrow through infra.storage's
+    filesystem (local or S3) ahead of use, or replayed from the RowCache."""
+
+    def __init__(self, plan, rank: int, seed: int = 0, cache_mb: int = 0, prefetch: int = 2):
+        self.files, self.groups = plan.files, [plan.groups[i] for i in plan.rank_groups[rank]]
+        self.rank, self.seed, self.prefetch = rank, seed, prefetch
+        self.cache = RowCache(cache_mb)
+
+    def order(self, epoch: int) -> list[int]:
+        gen = torch.Generator().manual_seed((self.seed * 7_368_787 + epoch) * 104_729 + self.rank)
+        return torch.randperm(len(self.groups), generator=gen).tolist()
+
+    def _load(self, i: int) -> list[dict]:
+        g = self.groups[i]
+        return list(arrow_rows([read_row_group(self.files[g.file], g.index)]))
+
+    def epoch(self, epoch: int) -> Iterator[dict]:
+        order = self.order(epoch)
+        loaded = prefetched([i for i in order if self.cache.get(i) is None], self._load, self.prefetch)
+        for i in order:
+            rows = self.cache.get(i)
+            if rows is None:
+                rows = next(loaded)
+                self.cache.offer(i, rows)
+            yield from rows
 
 
 def collate(rows: list[dict]) -> dict:
@@ -219,48 +248,3 @@ def arrow_rows(batches: Iterable[pa.Table | pa.RecordBatch]) -> Iterator[dict]:
     for batch in batches:
         for row in batch.to_pylist():
             yield row_tensors(row)
-
-
-# ----------------------------------------------------------------------------- Ray Data (launcher only)
-
-
-def ray_dataset(uri: str):
-    """The latents table as a Ray Dataset (`read_parquet` through infra.storage's filesystem)."""
-    import ray
-
-    fs, _ = storage.filesystem(uri)
-    files = [f[len("s3://"):] if storage.is_s3(f) else f for f in latents_files(uri)]
-    return ray.data.read_parquet(files, filesystem=fs)
-
-
-def rank_shards(rank_ids: list[list[str]]):
-    """A Ray Train DataConfig that gives rank r the rows of rank_ids[r], in file order.
-
-    Ray's default split (streaming_split) assigns rows dynamically and truncates to equal
-    counts; training here needs every row once per epoch and the same batches after a
-    restart, so each rank reads its own deterministic subset instead.
-    """
-    from ray.data.expressions import col
-    from ray.train import DataConfig
-
-    class RankShards(DataConfig):
-        def configure(self, datasets, world_size, worker_handles, worker_node_ids, **kwargs):
-            if world_size != len(rank_ids):
-                raise ValueError(f"data planned for {len(rank_ids)} workers, got {world_size}")
-            out = []
-            for ids in rank_ids:
-                shard = {}
-                for name, ds in datasets.items():
-                    ds = ds.filter(expr=col("clip_id").is_in(ids))
-                    ds.context.execution_options = self._resolve_execution_options(name)
-                    ds.context.execution_options.preserve_order = True  # deterministic batches
-                    shard[name] = ds.iterator()
-                out.append(shard)
-            return out
-
-    return RankShards(datasets_to_split=[])
-
-
-def iter_shard_rows(shard, batch_rows: int = 64) -> Iterator[dict]:
-    """Decoded rows of a Ray Train dataset shard (a DataIterator), in order."""
-    return arrow_rows(shard.iter_batches(batch_size=batch_rows, batch_format="pyarrow", prefetch_batches=2))

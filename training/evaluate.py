@@ -6,6 +6,7 @@ with a VAE and clips it also reports reconstruction PSNR/SSIM.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from infra import storage
 from infra.worldcheck import check_video, score
 
 
@@ -37,13 +39,11 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
 
 
 def eval_clips(root: str, split: str = "eval") -> list[dict]:
-    """Clip rows to evaluate: a world's `split` scenes, or a curate output's kept clips."""
-    if (Path(root) / "world.json").exists():
+    """Clip rows to evaluate: a world's `split` scenes, or a curate output's kept clips (local or s3://)."""
+    if storage.exists(storage.join(root, "world.json")):
         from infra.world import world_clips
 
         return world_clips(root, split)
-    from infra import storage
-
     rows = storage.read_table(storage.join(root, "clips")).to_pylist()
     return [r for r in rows if r.get("keep") is not False]
 
@@ -87,15 +87,17 @@ def sample_and_score(cfg, checkpoint: str, out_dir: Path | None = None, batch: i
     """Sample the checkpoint on held-out prompts; per-attribute accuracy (and CLIP score if configured)."""
     from training.models.text import build_text_encoder
     from training.models.vae import load_decoding_vae, refuse_random_models
-    from training.sample import checkpoint_meta, load_checkpoint_for_sampling, sample_video, write_mp4
+    from training.sample import (checkpoint_meta, load_checkpoint_for_sampling, local_checkpoint, sample_video,
+                                 write_mp4)
 
     w, s = cfg.world, cfg.sample
-    meta = checkpoint_meta(checkpoint)
-    vae_spec = meta.get("vae") or cfg.precompute.vae
-    text_spec = meta.get("text_encoder") or cfg.precompute.text_encoder
-    notes = refuse_random_models(vae_spec, text_spec, "eval", cfg.eval.allow_random_weights)
-    clip, clip_notes = _clip_for_eval(cfg)  # a missing or refused scorer fails here, before any sampling
-    dit = load_checkpoint_for_sampling(checkpoint)
+    with local_checkpoint(checkpoint) as ckpt:  # a checkpoint on S3: dit/, ema/, meta.json only
+        meta = checkpoint_meta(ckpt)
+        vae_spec = meta.get("vae") or cfg.precompute.vae
+        text_spec = meta.get("text_encoder") or cfg.precompute.text_encoder
+        notes = refuse_random_models(vae_spec, text_spec, "eval", cfg.eval.allow_random_weights)
+        clip, clip_notes = _clip_for_eval(cfg)  # a missing or refused scorer fails here, before any sampling
+        dit = load_checkpoint_for_sampling(ckpt)
     vae, norm = load_decoding_vae(vae_spec, meta)
     text_encoder = build_text_encoder(text_spec)
     prompts = heldout_prompts(w, seed=w.seed)
@@ -142,21 +144,24 @@ def run_eval(cfg, checkpoint: str | None = None, vae: str | None = None, clips: 
     if not checkpoint and not (vae and clips):
         raise ValueError("give --checkpoint, or --vae with --clips (or all three)")
     started = time.time()
-    out_dir = Path(output) if output else None
-    report: dict = {"checkpoint": checkpoint, "vae": vae, "clips": clips}
-    if checkpoint:
-        report["sample"] = sample_and_score(cfg, checkpoint, out_dir)
-    if vae and clips:
-        from training.models.vae import load_vae
-
-        v = cfg.train.vae
-        model = load_vae(vae).eval()
-        tc = model.temporal_compression
-        frames = 1 + (v.num_frames - 1) // tc * tc  # causal VAE: 1 + k * its temporal compression
-        report["reconstruction"] = vae_metrics(model, eval_clips(clips)[:max_clips], frames, v.height, v.width)
-    report["wall_s"] = round(time.time() - started, 2)
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
+    with storage.staged_dir(output) if output else contextlib.nullcontext(None) as local_out:
+        out_dir = Path(local_out) if local_out else None
+        report: dict = {"checkpoint": checkpoint, "vae": vae, "clips": clips}
+        if checkpoint:
+            report["sample"] = sample_and_score(cfg, checkpoint, out_dir)
+        if vae and clips:
+            report["reconstruction"] = _reconstruction(cfg, vae, clips, max_clips)
+        report["wall_s"] = round(time.time() - started, 2)
+        if out_dir is not None:  # OUT (local or s3://) gets eval.json beside the mp4s
+            (out_dir / "eval.json").write_text(json.dumps(report, indent=1) + "\n")
     return report
 
+
+def _reconstruction(cfg, vae: str, clips: str, max_clips: int) -> dict:
+    from training.models.vae import load_vae
+
+    v = cfg.train.vae
+    model = load_vae(vae).eval()
+    tc = model.temporal_compression
+    frames = 1 + (v.num_frames - 1) // tc * tc  # causal VAE: 1 + k * its temporal compression
+    return vae_metrics(model, eval_clips(clips)[:max_clips], frames, v.height, v.width)

@@ -15,7 +15,7 @@ import torch
 from infra import storage
 
 COLUMNS = ["step", "epoch", "loss", "grad_norm", "lr", "samples_per_s", "tokens_per_s", "mfu", "mem_gb",
-           "wall_s"]
+           "global_batch", "wall_s"]
 
 
 def memory_gb(device: torch.device) -> float:
@@ -37,10 +37,10 @@ class Meter:
         self.loss_sum, self.loss_n, self.samples, self.tokens, self.flops = 0.0, 0, 0, 0, 0.0
         self.since = time.perf_counter()
 
-    def add(self, loss: float, weight: float, samples: int, tokens: int, flops: float) -> None:
-        if weight > 0:  # a padding step repeats data: it adds no work and no loss
-            self.loss_sum, self.loss_n = self.loss_sum + loss, self.loss_n + 1
-            self.samples, self.tokens, self.flops = self.samples + samples, self.tokens + tokens, self.flops + flops
+    def add(self, loss: float, samples: int, tokens: int, flops: float) -> None:
+        """One micro-batch's loss and work."""
+        self.loss_sum, self.loss_n = self.loss_sum + loss, self.loss_n + 1
+        self.samples, self.tokens, self.flops = self.samples + samples, self.tokens + tokens, self.flops + flops
 
     def totals(self) -> list[float]:
         return [self.loss_sum, float(self.loss_n), float(self.samples), float(self.tokens), self.flops]

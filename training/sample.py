@@ -9,7 +9,9 @@ EMA weights are used when ema/ exists, since they sample better than the raw one
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 from einops import rearrange
 from safetensors.torch import load_file
 
+from infra import storage
 from training import flow
 from training.models.dit import VideoDiT
 
@@ -127,6 +130,23 @@ def checkpoint_meta(ckpt_dir) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def resolve_device(device: str = "auto") -> str:
+    """"auto" is cuda when a GPU is there, else cpu; "cuda" without one fails with a clear message."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    return device
+
+
+@contextlib.contextmanager
+def local_checkpoint(ckpt: str) -> Iterator[str]:
+    """A checkpoint directory on local disk: itself, or of an s3:// one only what sampling reads
+    (dit/, ema/, meta.json; not the optimizer shards) in a temporary folder removed afterwards."""
+    with storage.local_copy(str(ckpt), only=("dit", "ema", "meta.json")) as local:
+        yield local
+
+
 @dataclass
 class Sampler:
     """What sampling needs from a checkpoint: the DiT, the VAE its latents came from (and their
@@ -140,13 +160,16 @@ class Sampler:
 
 def load_sampler(cfg, ckpt_dir, vae_spec: str | None = None, text_encoder_spec: str | None = None,
                  device: str = "cpu") -> Sampler:
+    """The checkpoint (local or s3://), its VAE and text encoder on `device` (auto, cpu or cuda)."""
     from training.models.text import build_text_encoder
     from training.models.vae import load_decoding_vae, refuse_random_models
 
-    meta = checkpoint_meta(ckpt_dir)
+    device = resolve_device(device)
+    with local_checkpoint(ckpt_dir) as ckpt:
+        meta = checkpoint_meta(ckpt)
+        dit = load_checkpoint_for_sampling(ckpt, device=device)
     vae_spec = vae_spec or meta.get("vae") or cfg.precompute.vae
     text_spec = text_encoder_spec or meta.get("text_encoder") or cfg.precompute.text_encoder
-    dit = load_checkpoint_for_sampling(ckpt_dir, device=device)
     for note in refuse_random_models(vae_spec, text_spec, "sample", cfg.sample.allow_random_weights):
         log.warning(note)
     vae, norm = load_decoding_vae(vae_spec, meta, device=device)  # refuses a VAE other than the latents'
@@ -163,10 +186,10 @@ def prepare_prompts(cfg, prompts: list[str], scores: bool = False) -> list[str]:
 
 
 def sample_to_files(cfg, ckpt_dir, prompts: list[str], out_dir, vae_spec: str | None = None,
-                    text_encoder_spec: str | None = None, device: str = "cpu", condition=None) -> list[Path]:
+                    text_encoder_spec: str | None = None, device: str = "cpu", condition=None) -> list[str]:
     """Load checkpoint + VAE + text encoder, sample one mp4 per prompt into out_dir (a PNG when
     sample.num_frames is 1); `condition` (a conditioning.ConditionSpec) animates, extends, connects or
-    edits. Returns the paths."""
+    edits. Returns the paths. The checkpoint, the VAE directory and out_dir may each be local or s3://."""
     sampler = load_sampler(cfg, ckpt_dir, vae_spec, text_encoder_spec, device)
     s = cfg.sample
     frame_cond = condition.build(sampler.vae, sampler.norm, s) if condition is not None and condition.active else None
@@ -176,10 +199,11 @@ def sample_to_files(cfg, ckpt_dir, prompts: list[str], out_dir, vae_spec: str | 
     frames = sample_video(sampler.dit, sampler.vae, sampler.text_encoder, prompts, num_frames=s.num_frames,
                           height=s.height, width=s.width, steps=s.steps, cfg_scale=s.cfg_scale, seed=s.seed,
                           latent_norm=sampler.norm, condition=frame_cond)
-    out = Path(out_dir)
-    paths = []
-    for i, video in enumerate(frames):
-        name = out / f"sample-{s.seed}-{i:03d}"
-        paths.append(write_png(video[0], name.with_suffix(".png")) if len(video) == 1
-                     else write_mp4(video, name.with_suffix(".mp4"), fps=s.fps))
-    return paths
+    names = [f"sample-{s.seed}-{i:03d}" + (".png" if len(video) == 1 else ".mp4") for i, video in enumerate(frames)]
+    with storage.staged_dir(str(out_dir)) as local:
+        for name, video in zip(names, frames):
+            if len(video) == 1:
+                write_png(video[0], Path(local) / name)
+            else:
+                write_mp4(video, Path(local) / name, fps=s.fps)
+    return [storage.join(str(out_dir), name) for name in names]

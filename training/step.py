@@ -74,13 +74,13 @@ def batch_loss(model, batch: dict, *, caption_dropout: float, generator: torch.G
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, *, lr: float,
                grad_clip: float, caption_dropout: float, generator: torch.Generator | None = None,
-               ema: EMA | None = None, ema_decay: float = 0.0, weight: float = 1.0, device="cpu") -> dict:
-    """One plain-torch optimizer step; `weight` scales the loss (0: a padding step, no gradient)."""
+               ema: EMA | None = None, ema_decay: float = 0.0, device="cpu") -> dict:
+    """One plain-torch optimizer step."""
     model.train()
     set_lr(optimizer, lr)
     loss = batch_loss(model, batch, caption_dropout=caption_dropout, generator=generator, device=device)
     optimizer.zero_grad(set_to_none=True)
-    (loss * weight).backward()
+    loss.backward()
     grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
     if ema is not None:

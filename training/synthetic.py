@@ -59,16 +59,26 @@ def synthetic_rows(buckets: dict[str, int] | None = None, channels: int = 4, dty
 
 
 def write_synthetic_latents(root: str, buckets: dict[str, int] | None = None, rows_per_file: int = 8,
-                            **kwargs) -> str:
-    """Write synthetic rows as ROOT/latents/part-*.parquet (local or s3://); returns ROOT."""
-    from infra.schema import LATENTS_SCHEMA, table_from_rows
+                            row_group_rows: int = 4, mixed: bool = False, **kwargs) -> str:
+    """Write synthetic rows as ROOT/latents/part-*.parquet (local or s3://); returns ROOT.
+
+    Like precompute: each file holds one bucket, in row groups of `row_group_rows`. `mixed` writes
+    the older layout instead (buckets interleaved across files and row groups)."""
+    from infra.schema import LATENTS_SCHEMA, LATENTS_STATISTICS, table_from_rows
 
     rows = synthetic_rows(buckets, **kwargs)
-    # Interleave the buckets across files, as a real precompute output mixes them.
-    rows = [rows[i] for i in sorted(range(len(rows)), key=lambda i: (i % 3, i))]
-    for part, start in enumerate(range(0, len(rows), rows_per_file)):
-        table = table_from_rows(rows[start:start + rows_per_file], LATENTS_SCHEMA)
-        storage.write_table(table, storage.join(root, "latents", f"part-{part:05d}.parquet"))
+    if mixed:
+        rows = [rows[i] for i in sorted(range(len(rows)), key=lambda i: (i % 3, i))]
+        files = [rows[s:s + rows_per_file] for s in range(0, len(rows), rows_per_file)]
+    else:
+        files = []
+        for bucket in sorted({r["bucket"] for r in rows}):
+            mine = [r for r in rows if r["bucket"] == bucket]
+            files += [mine[s:s + rows_per_file] for s in range(0, len(mine), rows_per_file)]
+    for part, chunk in enumerate(files):
+        uri = storage.join(root, "latents", f"part-{part:05d}.parquet")
+        storage.write_table(table_from_rows(chunk, LATENTS_SCHEMA), uri, row_group_size=row_group_rows,
+                            write_statistics=LATENTS_STATISTICS)
     return root
 
 

@@ -2,13 +2,13 @@
 
 `train_loop_per_worker` runs on every Ray Train worker in DiT's order (setup, model + EMA,
 optimizer, data, loop, checkpoint); the Ray and DeepSpeed touch points are marked [1]-[3].
-`run_train` is the launcher: it plans which rows each worker reads, starts a TorchTrainer and
-returns a summary. Checkpoint layout: training/zero.py; metrics files: training/metrics.py.
+`run_train` is the launcher: it plans which row groups each worker reads (training/plan.py, from the
+shards' footers), starts a TorchTrainer and returns a summary. Checkpoint layout: training/zero.py;
+metrics files: training/metrics.py.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -28,11 +28,11 @@ from infra import storage
 from infra.config import ReelForgeConfig
 from infra.runtime import cluster_address, ray_session
 from training import zero
-from training.data import (INDEX_COLUMNS, BucketBatcher, DataPlan, RowCache, bucket_batch_size, bucket_tokens,
-                           collate, iter_shard_rows, latents_dir, plan_data)
+from training.data import BucketBatcher, RankReader, bucket_batch_size, bucket_tokens, collate, latents_files
 from training.metrics import Meter, MetricsLog, memory_gb, rates, read_metrics
 from training.models.dit import VDIT_PRESETS, build_dit, flops_per_token
-from training.models.latents import check_resume, latents_meta
+from training.models.latents import LatentSpec, check_resume
+from training.plan import DataPlan, plan_data, read_footers, row_groups, table_facts
 from training.step import EMA, batch_loss, ema_decay_at, lr_at, set_lr
 
 log = logging.getLogger(__name__)
@@ -47,35 +47,31 @@ def _quiet() -> None:
 # ----------------------------------------------------------------------------- the data, per rank
 
 
-def rank_steps(read, plan: DataPlan, t, rank: int, start_step: int) -> Iterator[tuple[dict, float, int]]:
-    """(batch, weight, epoch) for each step from start_step on; `read()` gives one pass of rows.
+def rank_steps(reader: RankReader, plan: DataPlan, t, rank: int, start: int) -> Iterator[tuple[dict, int]]:
+    """(batch, epoch) for each micro-batch from micro-batch `start` on; `reader.epoch(e)` gives the rows.
 
-    Each epoch has plan.steps_per_epoch steps on every rank; a rank whose batches run out first
-    repeats its last batch at weight 0, so collectives line up and no row counts twice. A resumed
-    run skips the steps of the epoch it already did: same rows, same order, same batches.
+    Every rank makes plan.steps_per_epoch micro-batches per epoch by construction (the plan splits
+    batches of a rank with fewer rows), so no rank pads and no optimizer step sees repeated data.
+    A resumed run skips the micro-batches of the epoch it already did: same rows, same order, same
+    batches.
     """
-    batcher = BucketBatcher(plan.batch_sizes, t.shuffle_buffer, t.seed)
-    cache = RowCache(t.cache_mb)
-    spe, step = plan.steps_per_epoch, start_step
+    batcher = BucketBatcher(plan.batch_plan(rank), t.shuffle_buffer, t.seed)
+    spe, micro = plan.steps_per_epoch, start
     while True:
-        epoch, skip = divmod(step, spe)
-        batches = batcher.batches(cache.epoch(read), epoch, rank)
-        last = None
-        for i in range(spe):
-            rows = next(batches, None)
-            last = rows if rows is not None else last
-            if i >= skip:
-                yield collate(last), (1.0 if rows is not None else 0.0), epoch
-        if next(batches, None) is not None:
-            raise RuntimeError(f"rank {rank} has more batches than the plan's {spe} per epoch")
-        step = (epoch + 1) * spe
+        epoch, skip = divmod(micro, spe)
+        made = 0
+        for made, rows in enumerate(batcher.batches(reader.epoch(epoch), epoch, rank), 1):
+            if made > skip:
+                yield collate(rows), epoch
+        if made != spe:
+            raise RuntimeError(f"rank {rank} made {made} batches in epoch {epoch}; the plan says {spe}")
+        micro = (epoch + 1) * spe
 
 
-def _trace(t, rank: int, step: int, epoch: int, batch: dict, weight: float, data_s: float) -> None:
+def _trace(t, rank: int, step: int, micro: int, epoch: int, batch: dict, data_s: float) -> None:
     if t.debug_dir:
-        line = {"step": step, "rank": rank, "epoch": epoch, "bucket": batch["bucket"],
-                "clip_ids": batch["clip_ids"], "weight": weight, "data_s": round(data_s, 4),
-                "time": round(time.time(), 3)}
+        line = {"step": step, "micro": micro, "rank": rank, "epoch": epoch, "bucket": batch["bucket"],
+                "clip_ids": batch["clip_ids"], "data_s": round(data_s, 4), "time": round(time.time(), 3)}
         with open(Path(t.debug_dir) / f"trace-rank{rank}.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -118,7 +114,7 @@ def _log_point(engine, meter: Meter, t, step: int, epoch: int, lr: float, device
     totals = torch.tensor(meter.totals(), dtype=torch.float64, device=device)
     dist.all_reduce(totals)
     grad_norm = engine.get_global_grad_norm()
-    out = {"step": step, "epoch": epoch, "lr": lr,
+    out = {"step": step, "epoch": epoch, "lr": lr, "global_batch": global_batch(t),
            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
            **rates(totals.tolist(), time.perf_counter() - meter.since, world, t.peak_tflops),
            "mem_gb": memory_gb(device)}
@@ -126,16 +122,16 @@ def _log_point(engine, meter: Meter, t, step: int, epoch: int, lr: float, device
     return out
 
 
-def _checkpoint(cfg: ReelForgeConfig, engine, ema: EMA, gen, metrics: dict, meta: dict, epoch: int,
+def _checkpoint(cfg: ReelForgeConfig, engine, ema: EMA, gen, metrics: dict, meta: dict, data: dict,
                 logger: MetricsLog | None) -> dict:
     """[3] report + checkpoint: every rank writes its part to a local dir that Ray uploads."""
     import ray.train
 
     t, step, rank = cfg.train, metrics["step"], dist.get_rank()
     directory = tempfile.mkdtemp(prefix=f"rf-ckpt-{rank}-")
-    state = {"step": step, "epoch": epoch, "generator": gen.get_state()}
+    state = {"step": step, **data, "generator": gen.get_state()}  # data: epoch, micro-batches done
     ckpt_meta = {**meta, "step": step, "world_size": dist.get_world_size(), "zero_stage": t.zero_stage,
-                 "model": t.model}
+                 "grad_accum_steps": t.grad_accum_steps, "model": t.model}
     metrics.update(zero.save_checkpoint(directory, engine, ema, t.zero_stage, state, ckpt_meta, cfg.to_yaml()))
     if rank == 0 and t.samples:
         _sample(cfg, directory)
@@ -158,19 +154,25 @@ def _sample(cfg: ReelForgeConfig, directory: str) -> None:
         log.warning("sampling at %s failed: %s", directory, exc)
 
 
-def _step(engine, optimizer, ema: EMA, gen, t, step: int, batch: dict, weight: float, device, meter: Meter) -> float:
-    """One optimizer step of the engine on a bucket batch (and the EMA); returns the LR it used."""
+def _step(engine, optimizer, ema: EMA, gen, t, step: int, micro: Iterator, device, meter: Meter,
+          rank: int) -> tuple[float, int]:
+    """One optimizer step over t.grad_accum_steps micro-batches (DeepSpeed scales each loss by
+    1/accumulation and steps the optimizer at the last one), then the EMA; returns (LR, epoch)."""
     lr = lr_at(step, t.lr, t.warmup_steps, t.steps, t.min_lr)
     set_lr(optimizer, lr)  # the torch AdamW's param groups, which DeepSpeed's wrapper steps
-    loss = batch_loss(engine, batch, caption_dropout=t.caption_dropout, generator=gen, device=device,
-                      conditioning=t.conditioning)
-    engine.backward(loss * weight)
-    engine.step()  # clips gradients (gradient_clipping) and steps the optimizer
+    config, accum = engine.module.config, t.grad_accum_steps
+    for i in range(accum):
+        waited = time.perf_counter()
+        batch, epoch = next(micro)
+        waited = time.perf_counter() - waited
+        loss = zero.micro_step(engine, lambda: batch_loss(engine, batch, caption_dropout=t.caption_dropout,
+                                                          generator=gen, device=device, conditioning=t.conditioning),
+                                boundary=i == accum - 1)
+        n, length, b = bucket_tokens(batch["bucket"], config.patch), batch["text_tokens"].shape[1], len(batch["clip_ids"])
+        meter.add(loss.item(), b, b * n, 3 * flops_per_token(config, n, length) * n * b)
+        _trace(t, rank, step, step * accum + i, epoch, batch, waited)
     ema.update(zero.ema_sources(engine.module, t.zero_stage), ema_decay_at(step, t.ema_decay))
-    config = engine.module.config
-    n, length, b = bucket_tokens(batch["bucket"], config.patch), batch["text_tokens"].shape[1], len(batch["clip_ids"])
-    meter.add(loss.item(), weight, b, b * n, 3 * flops_per_token(config, n, length) * n * b)
-    return lr
+    return lr, epoch
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -182,8 +184,6 @@ def train_loop_per_worker(config: dict) -> None:
     # 1. setup
     rank, world, device = _setup(t)
     prec = zero.precision(t.use_gpu, t.precision)
-    # [1] dataset shard: this rank's rows (training.data.rank_shards)
-    shard = ray.train.get_dataset_shard("train")
     # 2. model + EMA: the same seed on every rank gives the same initial weights
     torch.manual_seed(t.seed)
     model = build_dit(t.model, in_channels=meta["channels"], text_dim=meta["text_dim"],
@@ -200,20 +200,17 @@ def train_loop_per_worker(config: dict) -> None:
     gen = torch.Generator().manual_seed(t.seed * 7919 + rank)  # noise, t and caption dropout of this rank
     state = _resume(engine, ema, gen, t.zero_stage)
     start = state.get("step", 0)
-    # 4. data: batches of one bucket each, from the step the run stands at
-    steps = rank_steps(lambda: iter_shard_rows(shard), plan, t, rank, start)
+    # 4. data [1]: this rank's row groups (training/plan.py), read ahead, from the micro-batch it stands at
+    position = state.get("micro", start * t.grad_accum_steps)
+    micro = rank_steps(RankReader(plan, rank, t.seed, t.cache_mb, t.prefetch), plan, t, rank, position)
     # 5. loop
     stop = min(t.steps, t.stop_at_step or t.steps)
     logger = MetricsLog(config["run_dir"], resume_step=start) if rank == 0 else None
     meter, began = Meter(), time.perf_counter()
     engine.train()
     for step in range(start, stop):
-        waited = time.perf_counter()
-        batch, weight, epoch = next(steps)
-        waited = time.perf_counter() - waited
-        lr = _step(engine, optimizer, ema, gen, t, step, batch, weight, device, meter)
-        _trace(t, rank, step, epoch, batch, weight, waited)
-        done = step + 1
+        lr, epoch = _step(engine, optimizer, ema, gen, t, step, micro, device, meter, rank)
+        done, position = step + 1, position + t.grad_accum_steps
         # 6. checkpoint
         if done % t.log_every and done % t.checkpoint_every and done != stop:
             continue
@@ -221,7 +218,7 @@ def train_loop_per_worker(config: dict) -> None:
         if logger:
             logger.write({**metrics, "wall_s": round(time.perf_counter() - began, 3)})
         if done % t.checkpoint_every == 0 or done == stop:
-            metrics = _checkpoint(cfg, engine, ema, gen, metrics, meta, epoch, logger)
+            metrics = _checkpoint(cfg, engine, ema, gen, metrics, meta, {"epoch": epoch, "micro": position}, logger)
         else:
             ray.train.report(metrics)  # [3] report
     if logger:
@@ -234,43 +231,45 @@ def train_loop_per_worker(config: dict) -> None:
 
 
 def plan_run(cfg: ReelForgeConfig, latents_uri: str) -> tuple[DataPlan, dict]:
-    """The data plan and the facts the workers need (specs, channels, text width) from the index."""
+    """The data plan and the facts the workers need (specs, channels, text width), from the
+    shards' footers: no row of the table is read (but for one row group's shape columns)."""
     t = cfg.train
-    index = storage.read_table(latents_dir(latents_uri), columns=INDEX_COLUMNS)
-    if index.num_rows == 0:
+    files = latents_files(latents_uri)
+    footers = read_footers(files)
+    groups = row_groups(files, footers)
+    if not groups:
         raise ValueError(f"the latents table under {latents_uri} is empty")
-    facts = {}
-    for key, values in (("vae", index["vae"].to_pylist()), ("text_encoder", index["text_encoder"].to_pylist()),
-                        ("channels", [s[0] for s in index["latent_shape"].to_pylist()]),
-                        ("text_dim", [s[1] for s in index["text_emb_shape"].to_pylist()])):
-        distinct = sorted(set(values), key=str)
-        if len(distinct) != 1:
-            raise ValueError(f"the latents table mixes {key} values {distinct[:5]}: train on one")
-        facts[key] = distinct[0]
-    facts.update(latents_meta(latents_dir(latents_uri)))  # the VAE's identity and normalisation, for sample
+    facts = table_facts(files, footers, groups)
+    spec = LatentSpec.from_row(facts["vae"], facts.pop("vae_id", None), facts.pop("latent_norm", None))
+    facts.update(spec.to_meta() if spec else {})  # the VAE's identity and normalisation, for sample
     patch = VDIT_PRESETS[t.model].patch if t.model in VDIT_PRESETS else (1, 2, 2)
     size_for = partial(bucket_batch_size, batch_size=t.batch_size, batch_sizes=t.batch_sizes,
                        token_budget=t.token_budget, patch=patch)
-    plan = plan_data(index["clip_id"].to_pylist(), index["bucket"].to_pylist(), t.num_workers, size_for)
+    plan = plan_data(files, groups, t.num_workers, size_for, t.grad_accum_steps)
     unknown = sorted(set(t.batch_sizes) - set(plan.rows_per_bucket))
     if unknown:
         log.warning("train.batch_sizes names buckets not in the data: %s", unknown)
+    log.info("train: %d rows in %d row groups of %d files; %d workers x batch %d x accumulation %d = global batch "
+             "%d; %d micro-batches (%d optimizer steps) per epoch on every worker", plan.rows, len(groups),
+             len(files), t.num_workers, t.batch_size, t.grad_accum_steps, global_batch(t),
+             plan.steps_per_epoch, plan.optimizer_steps_per_epoch)
     return plan, {**facts, "rows": plan.rows, "buckets": plan.rows_per_bucket}
 
 
+def global_batch(t) -> int:
+    """Rows per optimizer step at the nominal batch size: workers x batch x accumulation."""
+    return t.num_workers * t.batch_size * t.grad_accum_steps
+
+
 def _check_cpus(cfg: ReelForgeConfig) -> None:
-    """Fail fast when the workers would take every CPU: Ray Data's read tasks need one to run."""
+    """Fail fast when a local Ray cannot hold the workers at all (a cluster may still grow)."""
     import ray
 
     t = cfg.train
     total, need = ray.cluster_resources().get("CPU", 0), t.num_workers * t.cpus_per_worker
-    if total - need < 1:
-        msg = (f"{t.num_workers} workers x {t.cpus_per_worker} CPU leave {total - need:g} of {total:g} CPUs "
-               "for reading latents (Ray Data needs 1): lower train.cpus_per_worker or add CPUs")
-        if cluster_address(cfg):  # an autoscaling cluster may still grow
-            log.warning(msg)
-        else:
-            raise ValueError(msg)
+    if need > total and not cluster_address(cfg):
+        raise ValueError(f"{t.num_workers} workers x {t.cpus_per_worker} CPU need {need:g} CPUs; this local Ray "
+                         f"has {total:g}: lower train.cpus_per_worker or train.num_workers, or raise ray.num_cpus")
 
 
 def _run_config(t, output: str, callbacks: list | None = None):
@@ -312,32 +311,35 @@ def build_trainer(cfg: ReelForgeConfig, latents_uri: str, output: str, callbacks
     Returns (trainer, plan). `callbacks` are Ray Train user callbacks (Tune's TuneReportCallback);
     `planned` is `plan_run`'s answer when the caller has it already.
     """
-    from ray.train import ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
-
-    from training.data import rank_shards, ray_dataset
 
     t = cfg.train
     plan, meta = planned or plan_run(cfg, latents_uri)
     _check_cpus(cfg)
-    resources = {"CPU": t.cpus_per_worker, **({"GPU": 1} if t.use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        # the workers need the step counts, not every rank's clip ids (those go to rank_shards)
-        train_loop_config={"config": cfg, "plan": dataclasses.replace(plan, rank_ids=[]),
-                           "meta": meta, "run_dir": output},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources),
+        # the plan is row groups per rank and batch counts: each worker reads its own row groups
+        train_loop_config={"config": cfg, "plan": plan, "meta": meta, "run_dir": output},
+        scaling_config=scaling_config(t),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=_run_config(t, output, callbacks),
-        datasets={"train": ray_dataset(latents_uri)},
-        dataset_config=rank_shards(plan.rank_ids),
     )
     return trainer, plan
 
 
+def scaling_config(t):
+    """Ray Train's ScalingConfig of a train section: CPUs, a GPU, custom resources (`train.resources`,
+    e.g. {gpu_node: 0.01}) per worker, and how the workers' bundles spread over nodes."""
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": t.cpus_per_worker, **t.resources, **({"GPU": 1} if t.use_gpu else {})}
+    return ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu, resources_per_worker=resources,
+                         placement_strategy=t.placement_strategy)
+
+
 def finish_run(cfg: ReelForgeConfig, result, plan: DataPlan, output: str, wall_s: float) -> dict:
     """Write the run's config.yaml and summary.json next to its checkpoints; returns the summary."""
-    summary = _summary(result, plan, output, wall_s)
+    summary = _summary(cfg, result, plan, output, wall_s)
     storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
     storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2))
     return summary
@@ -356,7 +358,7 @@ def run_train(cfg: ReelForgeConfig, latents_uri: str, output: str | None = None)
     return finish_run(cfg, result, plan, output, time.time() - t0)
 
 
-def _summary(result, plan: DataPlan, output: str, wall_s: float) -> dict:
+def _summary(cfg: ReelForgeConfig, result, plan: DataPlan, output: str, wall_s: float) -> dict:
     """The run in a few numbers: where it ended, how fast, and the newest checkpoint."""
     metrics = result.metrics or {}
     if "loss" not in metrics:  # a re-run of a finished run trains nothing: its last logged row
@@ -370,4 +372,6 @@ def _summary(result, plan: DataPlan, output: str, wall_s: float) -> dict:
             "resumed_from", "param_sha")
     return {"output": output, **{k: metrics.get(k) for k in keys}, "checkpoint": checkpoint,
             "rows": plan.rows, "buckets": plan.rows_per_bucket, "batch_sizes": plan.batch_sizes,
-            "steps_per_epoch": plan.steps_per_epoch, "wall_s": round(wall_s, 1)}
+            "global_batch": global_batch(cfg.train), "grad_accum_steps": plan.accum,
+            "steps_per_epoch": plan.optimizer_steps_per_epoch, "micro_batches_per_epoch": plan.steps_per_epoch,
+            "wall_s": round(wall_s, 1)}

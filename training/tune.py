@@ -124,16 +124,16 @@ def _run_config(cfg: ReelForgeConfig, output: str):
 
 
 def _check_cpus(cfg: ReelForgeConfig) -> None:
-    """Concurrent trials x their workers must leave a CPU for reading latents, or trials hang."""
+    """Concurrent trials x their workers must fit a local Ray, or trials wait forever."""
     import ray
 
     t, total = cfg.train, ray.cluster_resources().get("CPU", 0)
     per_trial = t.num_workers * t.cpus_per_worker + TRIAL_CPUS
-    left = total - cfg.tune.max_concurrent_trials * per_trial
-    if left < 1:
+    need = cfg.tune.max_concurrent_trials * per_trial
+    if need > total + 1e-9:
         msg = (f"{cfg.tune.max_concurrent_trials} concurrent trials x ({t.num_workers} workers x "
-               f"{t.cpus_per_worker} CPU + {TRIAL_CPUS} for the trial) leave {left:.2f} of {total:g} CPUs for "
-               "reading latents (Ray Data needs 1): lower tune.max_concurrent_trials or train.cpus_per_worker")
+               f"{t.cpus_per_worker} CPU + {TRIAL_CPUS} for the trial) need {need:.2f} of {total:g} CPUs: lower "
+               "tune.max_concurrent_trials or train.cpus_per_worker")
         if cluster_address(cfg):
             log.warning(msg)
         else:

@@ -1,9 +1,13 @@
-"""Plain-torch VideoVAE training: L1 reconstruction + kl_weight * KL (no Ray here), and the
-`reelforge train-vae` job over frames of a curate output's kept clips."""
+"""Plain-torch VideoVAE training: L1 reconstruction + kl_weight * KL, and the `reelforge train-vae`
+job over frames of a curate output's kept clips: `train_vae_job` is the whole job in one process,
+`run_train_vae` runs it as ONE Ray Train worker (so on a cluster it lands on a GPU node). Ray is
+imported only inside the launcher's functions."""
 
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from collections.abc import Iterable
 
@@ -119,18 +123,17 @@ def _random_batches(videos: list[torch.Tensor], batch_size: int, seed: int):
         yield torch.stack([videos[i] for i in idx])  # (B, 3, T, H, W)
 
 
-def run_train_vae(cfg, clips_uri: str, output: str | None = None) -> dict:
-    """Train the video VAE on frames of the kept clips; save OUTPUT/vae/ (save_pretrained)."""
+def train_vae_job(cfg, clips_uri: str, output: str) -> dict:
+    """The train-vae job in this process: decode, train, save OUTPUT/vae/ (local or s3://) with the
+    summary and config beside it; returns the summary."""
     import dataclasses
     import json
-    import tempfile
     from pathlib import Path
 
     from infra import storage
     from training.models.vae import VideoVAE, load_vae
 
     vc = cfg.train.vae
-    output = (output or storage.join(clips_uri, "vae-train")).rstrip("/")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if vc.device == "auto" else vc.device
     vae = load_vae(vc.preset, device=device, seed=vc.seed)
     if not isinstance(vae, VideoVAE):
@@ -149,11 +152,66 @@ def run_train_vae(cfg, clips_uri: str, output: str | None = None) -> dict:
                "failed_clips": len(errors), "errors": errors[:20], "steps": result["steps"],
                "final_loss": last["loss"], "psnr": last["psnr"], "seconds": round(result["seconds"], 2),
                "samples_per_s": result["steps"] * vc.batch_size / max(result["seconds"], 1e-9),
-               "scaling_factor": scale}
-    with tempfile.TemporaryDirectory() as tmp:
-        vae.save_pretrained(Path(tmp) / "vae")
-        for f in sorted((Path(tmp) / "vae").iterdir()):
-            storage.write_bytes(storage.join(output, "vae", f.name), f.read_bytes())
+               "scaling_factor": scale, "device": device, "host": socket.gethostname(), "pid": os.getpid()}
+    with storage.staged_dir(storage.join(output, "vae")) as local:  # uploaded whole when on S3
+        vae.save_pretrained(Path(local))
     storage.write_text(storage.join(output, "config.yaml"), cfg.to_yaml())
     storage.write_text(storage.join(output, "summary.json"), json.dumps(summary, indent=2))
     return summary
+
+
+def _vae_worker(config: dict) -> None:
+    """The one Ray Train worker of train-vae."""
+    import ray.train
+
+    cfg = config["config"]
+    torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
+    summary = train_vae_job(cfg, config["clips"], config["output"])
+    ray.train.report({"steps": summary["steps"], "final_loss": summary["final_loss"]})
+
+
+def _worker_error(exc: BaseException) -> BaseException | None:
+    """The user-facing error a failed Ray Train worker raised (ValueError, FileNotFoundError), if any."""
+    for err in getattr(exc, "worker_failures", {}).values():
+        while err is not None:
+            if isinstance(err, (ValueError, FileNotFoundError)) and "ray" not in type(err).__module__:
+                return err
+            err = getattr(err, "cause", None) or err.__cause__
+    return None
+
+
+def run_train_vae(cfg, clips_uri: str, output: str | None = None) -> dict:
+    """Train the video VAE on frames of the kept clips as ONE Ray Train worker (train.cpus_per_worker,
+    train.use_gpu, train.resources) on the cluster the config points at; save OUTPUT/vae/."""
+    import json
+    import shutil
+    import tempfile
+
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from infra import storage
+    from infra.runtime import ray_session
+
+    t = cfg.train
+    output = (output or storage.join(clips_uri, "vae-train")).rstrip("/")
+    if not storage.is_s3(output):
+        output = os.path.abspath(output)  # the worker runs in its own directory
+    resources = {"CPU": t.cpus_per_worker, **t.resources, **({"GPU": 1} if t.use_gpu else {})}
+    runs = tempfile.mkdtemp(prefix="rf-train-vae-")  # Ray Train's own run state; no checkpoint is kept there
+    try:
+        with ray_session(cfg):
+            trainer = TorchTrainer(
+                _vae_worker, train_loop_config={"config": cfg, "clips": clips_uri, "output": output},
+                scaling_config=ScalingConfig(num_workers=1, use_gpu=t.use_gpu, resources_per_worker=resources),
+                run_config=RunConfig(name="train-vae", storage_path=runs, failure_config=FailureConfig(max_failures=0)))
+            try:
+                trainer.fit()
+            except Exception as exc:  # noqa: BLE001 - a bad input is the worker's ValueError: say it plainly
+                cause = _worker_error(exc)
+                if cause is None:
+                    raise
+                raise type(cause)(str(cause)) from None
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+    return json.loads(storage.read_text(storage.join(output, "summary.json")))

@@ -38,7 +38,7 @@ def precision(use_gpu: bool, setting: str) -> str:
 
 
 def ds_config(t, world_size: int, prec: str) -> dict:
-    """The DeepSpeed config of a TrainConfig: ZeRO stage and offload, clipping, precision."""
+    """The DeepSpeed config of a TrainConfig: ZeRO stage and offload, accumulation, clipping, precision."""
     zero: dict = {"stage": t.zero_stage}
     if t.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": t.use_gpu}
@@ -46,9 +46,10 @@ def ds_config(t, world_size: int, prec: str) -> dict:
         zero["offload_param"] = {"device": "cpu", "pin_memory": t.use_gpu}
     return {
         # Batches vary by bucket; DeepSpeed only uses these sizes for its own throughput prints.
+        # The accumulation steps are real: backward scales each loss by 1/steps (see micro_step).
         "train_micro_batch_size_per_gpu": t.batch_size,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": t.batch_size * world_size,
+        "gradient_accumulation_steps": t.grad_accum_steps,
+        "train_batch_size": t.batch_size * world_size * t.grad_accum_steps,
         "gradient_clipping": t.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": prec == "bf16"},
@@ -57,6 +58,19 @@ def ds_config(t, world_size: int, prec: str) -> dict:
         "zero_allow_untested_optimizer": True,
         "zero_force_ds_cpu_optimizer": False,
     }
+
+
+def micro_step(engine, loss_fn, boundary: bool) -> torch.Tensor:
+    """Forward (loss_fn), backward and engine.step() of one micro-batch; the optimizer steps (and
+    clips, and reduces ZeRO's gradients) only when `boundary`, the last micro-batch of a step.
+    DeepSpeed divides the loss by gradient_accumulation_steps, so the accumulated gradient is the
+    mean over micro-batches. The boundary is set explicitly, never inferred from DeepSpeed's
+    micro-step counter, which a checkpoint does not restore."""
+    engine.set_gradient_accumulation_boundary(boundary)
+    loss = loss_fn()
+    engine.backward(loss)
+    engine.step()
+    return loss
 
 
 # ----------------------------------------------------------------------------- whole weights

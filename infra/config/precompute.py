@@ -36,6 +36,8 @@ class PrecomputeConfig(_Section):
     seed: int = 0  # for the per-bucket keep draws
     shard_rows: int = Field(256, ge=1)
     shard_bytes: int = Field(256 * 2**20, ge=1)
+    row_group_rows: int = Field(32, ge=1, description="rows per Parquet row group (at most; also <= 64 MiB, and "
+                                "a shard gets >= 16 groups when it has the rows): the unit a training rank reads")
     batch_size: int = Field(4, ge=1)
     prep_cpus: float = Field(1.0, gt=0)
     prep_concurrency: int = Field(4, ge=1, description="max decode tasks at once")

@@ -78,18 +78,23 @@ class TrainConfig(_Section):
     gradient_checkpointing: bool = False
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     # data: batches never mix buckets; sizes are per worker
-    batch_size: int = Field(8, ge=1, description="rows per worker batch, any bucket")
+    batch_size: int = Field(8, ge=1, description="rows per worker micro-batch, any bucket")
     batch_sizes: dict[str, int] = {}  # per-bucket override, e.g. {"5x8x8": 16}
     token_budget: int | None = Field(None, ge=1, description="latent tokens per worker batch (wins over batch_size)")
     shuffle_buffer: int = Field(1024, ge=1, description="rows shuffled together before bucketing")
-    cache_mb: int = Field(1024, ge=0, description="replay a worker's rows from memory after epoch 0 if they fit")
+    cache_mb: int = Field(1024, ge=0, description="replay a worker's row groups from memory after epoch 0 (as many as fit)")
+    prefetch: int = Field(2, ge=1, description="row groups a worker reads ahead in a background thread")
+    grad_accum_steps: int = Field(1, ge=1, description="micro-batches per optimizer step (global batch = "
+                                  "num_workers x batch_size x grad_accum_steps)")
     # DeepSpeed ZeRO and Ray Train
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_param: bool = False  # ZeRO-3 only
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0, description="leave CPUs free for Ray Data ingest")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    resources: dict[str, float] = {}  # Ray custom resources per worker, e.g. {gpu_node: 0.01}
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"  # of the workers' bundles
     max_failures: int = Field(1, ge=0)
     # checkpoints, metrics, samples
     checkpoint_every: int = Field(100, ge=1)

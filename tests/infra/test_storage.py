@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -97,3 +98,28 @@ def test_rejected_credentials_map_to_an_actionable_final_error(monkeypatch):
     assert storage.access_denied(OSError("AWS Error SLOW_DOWN during PutObject: 503"), "write s3://b/x") is None
     # a random request id holding "503" does not make a final error look transient
     assert not storage.is_transient(OSError("AWS Error NO_SUCH_KEY during GetObject (Request ID: AB503CD)"))
+
+
+def test_folders_round_trip_through_s3_and_temporary_copies_are_removed(s3_bucket, tmp_path):
+    src = tmp_path / "ckpt"
+    for rel, data in {"dit/model.safetensors": b"w" * 5000, "dit/config.json": b"{}", "meta.json": b"{\"step\": 4}",
+                      "deepspeed/state/optim.pt": b"o" * 100}.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    uri = f"{s3_bucket}/run/checkpoint_00000004"
+    assert storage.upload_dir(str(src), uri) == ["deepspeed/state/optim.pt", "dit/config.json",
+                                                 "dit/model.safetensors", "meta.json"]
+    with storage.local_copy(uri, only=("dit", "meta.json")) as local:
+        got = sorted(str(p.relative_to(local)) for p in Path(local).rglob("*") if p.is_file())
+        assert got == ["dit/config.json", "dit/model.safetensors", "meta.json"]  # no optimizer shards
+        assert (Path(local) / "dit" / "model.safetensors").read_bytes() == b"w" * 5000
+    assert not os.path.exists(local)  # the temporary copy is gone
+    with storage.local_copy(str(src)) as same:
+        assert same == str(src)  # a local folder is used in place
+    with pytest.raises(FileNotFoundError, match="no files under"):
+        with storage.local_copy(f"{s3_bucket}/nothing-here"):
+            pass
+    with storage.staged_dir(f"{s3_bucket}/out") as staged:
+        (Path(staged) / "a.mp4").write_bytes(b"mp4")
+        assert not storage.exists(f"{s3_bucket}/out/a.mp4")  # uploaded when the block ends
+    assert storage.read_bytes(f"{s3_bucket}/out/a.mp4") == b"mp4" and not os.path.exists(staged)

@@ -15,9 +15,10 @@ from infra.config import load_config
 from infra.videogen import Scene, write_video
 from pipelines.runner import run_curate
 from pipelines.runner_precompute import run_precompute
-from training.data import read_latents, row_tensors
+from training.data import latents_files, read_latents, row_tensors
 from training.models.text import build_text_encoder
 from training.models.vae import load_vae
+from training.plan import read_footers, row_groups
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -50,11 +51,14 @@ def captioned(ray_local, tmp_path_factory):
     return d, table
 
 
-def test_precompute_to_s3_round_trips_latents_and_text(captioned, s3_bucket):
+def test_precompute_to_s3_round_trips_latents_and_text(captioned, s3_bucket, tmp_path):
     d, clips = captioned
-    out = f"{s3_bucket}/latents-run"
-    manifest = run_precompute(_cfg(), str(d / "captioned"), out)
+    out, vae_uri = f"{s3_bucket}/latents-run", f"{s3_bucket}/vae-train/vae"
+    load_vae("tiny").save_pretrained(tmp_path / "vae")  # precompute.vae: a save_pretrained dir on S3
+    storage.upload_dir(str(tmp_path / "vae"), vae_uri)
+    manifest = run_precompute(_cfg(f"precompute.vae={vae_uri}"), str(d / "captioned"), out)
     table = read_latents(out)
+    assert set(table["vae"].to_pylist()) == {vae_uri}
     failures = storage.read_table(f"{out}/failures")
     dropped = sum(manifest["counts"]["dropped"].values())
     assert table.num_rows + failures.num_rows + dropped == clips.num_rows
@@ -64,6 +68,10 @@ def test_precompute_to_s3_round_trips_latents_and_text(captioned, s3_bucket):
     assert len(set(table["bucket"].to_pylist())) >= 2  # landscape, square and portrait sources
     assert manifest["bytes"]["per_clip"] > 0 and manifest["bytes"]["projection"]["10M_clips_GB"] > 0
     assert sum(manifest["counts"]["rows_per_bucket"].values()) == table.num_rows
+    # one bucket per shard, named in its footer: training plans from footers alone (training/plan.py)
+    files = latents_files(out)
+    groups = row_groups(files, read_footers(files))
+    assert all(len(g.buckets) == 1 for g in groups) and sum(g.rows for g in groups) == table.num_rows
 
     vae, text = load_vae("tiny").eval(), build_text_encoder("tiny")
     for row in table.to_pylist()[:3]:

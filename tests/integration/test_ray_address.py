@@ -1,6 +1,8 @@
-"""`reelforge train` on a cluster started apart with `ray start --head`, found through RAY_ADDRESS as a
-user's shell or a Ray Jobs entrypoint has it: the training workers run on that cluster, and the
-CLI joins it rather than starting a private local Ray."""
+"""`reelforge train` on a cluster started apart with `ray start --head` (and a second node joined with
+`ray start --address`), found through RAY_ADDRESS as a user's shell or a Ray Jobs entrypoint has it:
+the training workers run on that cluster, one on each node (train.resources asks for the nodes'
+`gpu_node` resource, train.placement_strategy STRICT_SPREAD), and the CLI joins it rather than
+starting a private local Ray."""
 
 from __future__ import annotations
 
@@ -67,7 +69,7 @@ def ray_cluster():
     dashboard = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    cmd = [str(RAY), "start", "--head", "--port", str(_free_port()), "--num-cpus", "3",
+    cmd = [str(RAY), "start", "--head", "--port", str(_free_port()), "--num-cpus", "3", "--resources", '{"gpu_node": 1}',
            "--object-store-memory", str(300 * 2**20), "--temp-dir", temp_dir, "--disable-usage-stats",
            "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
            # fixed defaults (10001, 52365) would collide with any other cluster on the machine
@@ -75,14 +77,26 @@ def ray_cluster():
     # a new session: every process of the cluster shares a process group only this fixture owns
     proc = subprocess.Popen(cmd, env=env, cwd=temp_dir, start_new_session=True, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    node = None
     try:
         out, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, out[-4000:]
         address = (Path(temp_dir) / "ray_current_cluster").read_text().strip()  # GCS ip:port
+        # a second node; both carry the gpu_node resource that train.resources asks for
+        node = subprocess.Popen(
+            [str(RAY), "start", "--address", address, "--num-cpus", "1", "--resources", '{"gpu_node": 1}',
+             "--object-store-memory", str(200 * 2**20), "--temp-dir", temp_dir, "--disable-usage-stats",
+             "--dashboard-agent-listen-port", str(_free_port())],
+            env=env, cwd=temp_dir, start_new_session=True, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        out, _ = node.communicate(timeout=300)
+        assert node.returncode == 0, out[-4000:]
         yield SimpleNamespace(address=address, dashboard=f"http://127.0.0.1:{dashboard}", temp_dir=temp_dir)
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        for p in (proc, node):
+            if p is not None and p.poll() is None:
+                p.kill()
+        if node is not None:
+            _stop_cluster(node.pid, temp_dir)
         _stop_cluster(proc.pid, temp_dir)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
@@ -93,7 +107,8 @@ def test_train_cli_runs_its_workers_on_the_cluster_in_ray_address(ray_cluster, t
     latents = write_synthetic_latents(str(tmp_path / "pre"), {"3x8x8": 8, "2x8x12": 8})
     debug, run = tmp_path / "debug", tmp_path / "run"
     sets = ["train.steps=4", "train.warmup_steps=1", "train.num_workers=2", "train.cpus_per_worker=0.5",
-            "train.batch_size=2", "train.checkpoint_every=4", "train.log_every=2", f"train.debug_dir={debug}"]
+            "train.batch_size=2", "train.checkpoint_every=4", "train.log_every=2", f"train.debug_dir={debug}",
+            "train.resources={gpu_node: 0.01}", "train.placement_strategy=STRICT_SPREAD"]
     env = {**cli_env, "RAY_ADDRESS": ray_cluster.address}
     env.pop("RAY_API_SERVER_ADDRESS", None)
     driver = subprocess.Popen(
@@ -121,6 +136,7 @@ def test_train_cli_runs_its_workers_on_the_cluster_in_ray_address(ray_cluster, t
     job_id = next(j.job_id for pid, j in drivers.items() if str(pid) == str(driver.pid))
     actors = list_actors(address=ray_cluster.dashboard, detail=True, limit=10_000,
                          filters=[("job_id", "=", job_id)], raise_on_missing_output=False)
-    worker_pids = {a.pid for a in actors if "RayTrainWorker" in a.class_name}
+    workers = {a.pid: a.node_id for a in actors if "RayTrainWorker" in a.class_name}
     rank_pids = {int((debug / f"rank{r}.pid").read_text()) for r in (0, 1)}
-    assert len(rank_pids) == 2 and rank_pids <= worker_pids, (rank_pids, [(a.class_name, a.pid) for a in actors])
+    assert len(rank_pids) == 2 and rank_pids <= set(workers), (rank_pids, [(a.class_name, a.pid) for a in actors])
+    assert len({workers[pid] for pid in rank_pids}) == 2  # STRICT_SPREAD: one worker on each node

@@ -29,7 +29,10 @@ from training.train import run_train
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 BUCKETS = {"3x8x8": 10, "2x8x12": 8, "1x12x8": 6}  # three shapes in one run
-# 2 workers x 0.5 CPU: the session cluster has 2 CPUs and Ray Data's read tasks need the other one.
+# Skewed: dealt to 2 ranks at batch 2, one rank would need a batch more than the other (the old
+# plan padded it with zero-loss steps that AdamW's weight decay and momentum still applied).
+SKEWED = {"3x8x8": 11, "2x8x12": 7, "1x12x8": 5}
+# 2 workers x 0.5 CPU: the session cluster has 2 CPUs.
 BASE = ["train.model=VDiT-T/2", "train.num_workers=2", "train.cpus_per_worker=0.5", "train.batch_size=2",
         "train.lr=0.003", "train.warmup_steps=3", "train.max_failures=1", "train.keep_checkpoints=2", "train.seed=0"]
 
@@ -116,20 +119,21 @@ def _kill_rank1_after_first_checkpoint(debug_dir: Path, run_uri: str, killed: di
 
 
 def _last_attempt(trace_lines: list[dict]) -> dict:
-    """(rank, step) -> the trace line of the attempt that counted (the last one written)."""
+    """(rank, micro-batch) -> the trace line of the attempt that counted (the last one written)."""
     out = {}
     for line in trace_lines:
-        out[(line["rank"], line["step"])] = line
+        out[(line["rank"], line["micro"])] = line
     return out
 
 
 def test_zero2_on_s3_survives_a_killed_worker_and_sees_every_row_once_per_epoch(ray_local, s3_bucket, tmp_path):
-    latents = write_synthetic_latents(f"{s3_bucket}/pre", BUCKETS)
+    latents = write_synthetic_latents(f"{s3_bucket}/pre", SKEWED, row_group_rows=3)
     run_uri, debug = f"{s3_bucket}/runs/zero2", tmp_path / "debug"
-    sets = ["train.zero_stage=2", "train.steps=100", "train.checkpoint_every=20", "train.log_every=10",
-            f"train.debug_dir={debug}"]
+    # AdamW with weight decay and 2 micro-batches per optimizer step
+    sets = ["train.zero_stage=2", "train.steps=50", "train.checkpoint_every=25", "train.log_every=5",
+            "train.grad_accum_steps=2", "train.weight_decay=0.05", f"train.debug_dir={debug}"]
     killed: dict = {}
-    killer = threading.Thread(target=_kill_rank1_after_first_checkpoint, args=(debug, run_uri, killed, 20),
+    killer = threading.Thread(target=_kill_rank1_after_first_checkpoint, args=(debug, run_uri, killed, 25),
                               daemon=True)
     killer.start()
     summary = run_train(_cfg(*sets), latents, run_uri)
@@ -137,43 +141,50 @@ def test_zero2_on_s3_survives_a_killed_worker_and_sees_every_row_once_per_epoch(
 
     # a worker died mid-run; Ray Train restarted the group from a checkpoint and it finished
     assert killed, "the killer never fired"
-    assert summary["step"] == 100 and 20 <= summary["resumed_from"] <= killed["at_step"] + 1
+    assert summary["step"] == 50 and 25 <= summary["resumed_from"] <= killed["at_step"] + 1
     assert int((debug / "rank1.pid").read_text()) != killed["pid"]
     assert len(set(summary["param_sha"])) == 1  # both ranks hold the same parameters
+    assert summary["global_batch"] == 2 * 2 * 2 and summary["grad_accum_steps"] == 2
 
     # checkpoints in the S3 endpoint: the newest two, each complete
     bucket, prefix = s3_bucket[len("s3://"):], "runs/zero2/"
     keys = [o["Key"] for page in boto3.client("s3").get_paginator("list_objects_v2").paginate(
         Bucket=bucket, Prefix=prefix) for o in page.get("Contents", [])]
     ckpts = sorted({k[len(prefix):].split("/")[0] for k in keys if k[len(prefix):].startswith("checkpoint_0")})
-    assert ckpts == ["checkpoint_00000080", "checkpoint_00000100"]
-    assert summary["checkpoint"] == f"{run_uri}/checkpoint_00000100"
-    last = f"{prefix}checkpoint_00000100/"
+    assert ckpts == ["checkpoint_00000025", "checkpoint_00000050"]
+    assert summary["checkpoint"] == f"{run_uri}/checkpoint_00000050"
+    last = f"{prefix}checkpoint_00000050/"
     for name in ("dit/model.safetensors", "ema/model.safetensors", "meta.json", "config.yaml",
                  "deepspeed/state/zero_pp_rank_0_mp_rank_00_optim_states.pt",
                  "deepspeed/state/zero_pp_rank_1_mp_rank_00_optim_states.pt",
                  "train_state/rank-0.pt", "train_state/rank-1.pt"):
         assert last + name in keys, name
     meta = json.loads(storage.read_text(f"{summary['checkpoint']}/meta.json"))
-    assert meta["vae"] == "tiny" and meta["text_encoder"] == "tiny" and meta["step"] == 100
+    assert meta["vae"] == "tiny" and meta["text_encoder"] == "tiny" and meta["step"] == 50
 
     # metrics on S3: every log step once (the restart dropped the rows it redid), loss falls
     rows = read_metrics(run_uri)
-    assert [r["step"] for r in rows] == list(range(10, 101, 10))
+    assert [r["step"] for r in rows] == list(range(5, 51, 5)) and {r["global_batch"] for r in rows} == {8}
     assert rows[-1]["loss"] < 0.8 * rows[0]["loss"], [r["loss"] for r in rows]
+    _check_trace(debug, latents, summary)
 
-    # mixed buckets: no batch mixes them, and each epoch covers every row exactly once
+
+def _check_trace(debug: Path, latents: str, summary: dict) -> None:
+    """No batch mixes buckets, every optimizer step has 2 micro-batches on each rank, and each epoch
+    covers every row exactly once: no rank repeats a batch, so no padding step exists."""
     table = read_latents(latents, columns=["clip_id", "bucket"])
     bucket_of = dict(zip(table["clip_id"].to_pylist(), table["bucket"].to_pylist()))
     lines = [json.loads(x) for r in (0, 1) for x in (debug / f"trace-rank{r}.jsonl").read_text().splitlines()]
     counted = _last_attempt(lines)
-    assert {s for _, s in counted} == set(range(100))
+    micro_per_epoch = summary["micro_batches_per_epoch"]
+    for rank in (0, 1):
+        steps = collections.Counter(line["step"] for (r, _), line in counted.items() if r == rank)
+        assert steps == {s: 2 for s in range(50)}  # the planned optimizer steps, 2 micro-batches each
     per_epoch = collections.defaultdict(list)
-    for line in counted.values():
+    for (rank, micro), line in counted.items():
         assert {bucket_of[c] for c in line["clip_ids"]} == {line["bucket"]}
-        if line["weight"] > 0:
-            per_epoch[line["epoch"]].extend(line["clip_ids"])
-    spe = summary["steps_per_epoch"]
-    for epoch in range(100 // spe):  # complete epochs
-        assert sorted(per_epoch[epoch]) == sorted(bucket_of), epoch
+        assert line["epoch"] == micro // micro_per_epoch
+        per_epoch[line["epoch"]].extend(line["clip_ids"])
+    for epoch in range(100 // micro_per_epoch):  # complete epochs
+        assert sorted(per_epoch[epoch]) == sorted(bucket_of), epoch  # every row once, none twice
     assert len({line["bucket"] for line in counted.values()}) == 3

@@ -3,7 +3,7 @@
 import pytest
 
 from pipelines.precompute import Bucket, assign_bucket, frame_window, keep_draw, make_buckets
-from pipelines.runner_precompute import plan_shards
+from pipelines.runner_precompute import plan_shards, row_group_rows
 
 
 def test_buckets_cover_both_orientations_and_round_sides():
@@ -44,7 +44,7 @@ def test_window_is_centred_and_keep_draw_deterministic():
 
 
 def test_shards_are_bounded_and_named_deterministically():
-    rows = [{"clip_id": f"c{i:03d}", "est_bytes": 100} for i in range(10)]
+    rows = [{"clip_id": f"c{i:03d}", "est_bytes": 100, "b_frames": 9, "b_height": 64, "b_width": 64} for i in range(10)]
     shards = plan_shards(rows, shard_rows=4, shard_bytes=10_000)
     assert [len(s) for _, s in shards] == [4, 4, 2]
     assert plan_shards(rows, 4, 10_000)[0][0] == shards[0][0]
@@ -114,3 +114,15 @@ def test_encode_stage_refuses_latents_of_the_wrong_shape(tmp_path):
     assert "expected (4, 2, 16, 16)" in out["error"][0] and "vae_tiling" in out["error"][0]
     plain = EncodeStage(load_config(None, [*sets, "precompute.vae_tiling=false"]).precompute)(dict(batch))
     assert not plain["error"][0] and plain["bucket"][0] == "2x16x16"
+
+
+def test_every_shard_holds_one_bucket_so_training_plans_from_footers():
+    rows = [{"clip_id": f"c{i:03d}", "est_bytes": 100, "b_frames": 9, "b_height": 64 if i % 3 else 32,
+             "b_width": 64} for i in range(10)]
+    shards = plan_shards(rows, shard_rows=3, shard_bytes=10_000)
+    assert all(len({(r["b_height"], r["b_width"]) for r in s}) == 1 for _, s in shards)
+    assert sorted(r["clip_id"] for _, s in shards for r in s) == [r["clip_id"] for r in rows]
+    assert [len(s) for _, s in shards] == [3, 1, 3, 3]  # 4 rows of 32 px, then 6 of 64 px
+    big = {"latent": b"x" * 1000, "text_emb": b"y" * 24}
+    assert row_group_rows([big] * 500, 32) == 32 and row_group_rows([big] * 500, 32, max_bytes=4096) == 4
+    assert row_group_rows([big] * 20, 32) == 2 and row_group_rows([big], 32) == 1  # >= 16 groups when it can

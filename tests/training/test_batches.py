@@ -1,5 +1,6 @@
-"""Training input without Ray: the per-rank plan, bucket batches, padding, the row cache and the
-steps each rank runs (a fake shard stands in for Ray Train's DataIterator)."""
+"""Training input without Ray: bucket batches, padding of captions, the row cache, the plan from
+footers and the micro-batches each rank runs from its own row groups (tests/training/test_plan.py
+has the 4-rank plan)."""
 
 import collections
 
@@ -9,8 +10,8 @@ import torch
 
 from infra.config import load_config
 from infra.schema import tensor_from_bytes
-from training.data import (BucketBatcher, RowCache, arrow_rows, bucket_batch_size, bucket_tokens, collate,
-                           iter_shard_rows, plan_data, read_latents, row_tensors)
+from training.data import (BucketBatcher, RankReader, RowCache, arrow_rows, bucket_batch_size, bucket_tokens,
+                           collate, read_latents, row_tensors)
 from training.synthetic import synthetic_rows, table, write_synthetic_latents
 from training.train import plan_run, rank_steps
 
@@ -40,22 +41,20 @@ def test_bucket_tokens_and_batch_sizes():
     assert bucket_batch_size("9x64x64", 8, token_budget=10) == 1  # never zero
 
 
-def test_plan_deals_every_row_to_one_rank_balanced_per_bucket(rows):
-    ids, buckets = [r["clip_id"] for r in rows], [r["bucket"] for r in rows]
-    plan = plan_data(ids, buckets, 2, lambda b: 2)
-    assigned = [cid for rank in plan.rank_ids for cid in rank]
-    assert sorted(assigned) == sorted(ids) and len(set(assigned)) == len(ids)
-    by_bucket = dict(zip(ids, buckets))
+def test_plan_deals_every_row_group_to_one_rank_balanced_per_bucket(tmp_path):
+    root = write_synthetic_latents(str(tmp_path / "pre"), BUCKETS, rows_per_file=4, row_group_rows=2)
+    cfg = load_config(None, ["train.num_workers=2", "train.batch_size=2"])
+    plan, _ = plan_run(cfg, root)
+    assigned = sorted(i for rank in plan.rank_groups for i in rank)
+    assert assigned == list(range(len(plan.groups)))  # every row group, to one rank
     for b, n in BUCKETS.items():
-        per_rank = [sum(by_bucket[c] == b for c in rank) for rank in plan.rank_ids]
-        assert max(per_rank) - min(per_rank) <= 1 and sum(per_rank) == n
-    assert abs(len(plan.rank_ids[0]) - len(plan.rank_ids[1])) <= 1  # leftovers spread over ranks
-    assert plan.steps_per_epoch == max(plan.rank_batches) and plan.rows == len(ids)
-    assert plan_data(list(reversed(ids)), list(reversed(buckets)), 2, lambda b: 2) == plan  # order-free
-    with pytest.raises(ValueError, match="cannot feed"):
-        plan_data(ids[:1], buckets[:1], 2, lambda b: 2)
-    with pytest.raises(ValueError, match="appears more than once"):
-        plan_data(ids + ids[:1], buckets + buckets[:1], 2, lambda b: 2)
+        per_rank = [plan.rank_rows(r).get(b, 0) for r in range(2)]
+        assert sum(per_rank) == n and max(per_rank) - min(per_rank) <= 2  # 2 = one row group
+    assert [sum(c.values()) for c in plan.rank_batches] == [plan.steps_per_epoch] * 2
+    assert plan == plan_run(cfg, root)[0]  # the same footers give the same plan
+    with pytest.raises(ValueError, match="rank 1 gets 0 rows"):
+        plan_run(load_config(None, ["train.num_workers=2"]), write_synthetic_latents(
+            str(tmp_path / "one"), {"1x8x8": 2}, row_group_rows=2))
 
 
 def test_batcher_sees_every_row_once_per_epoch_and_never_mixes_buckets(rows):
@@ -82,6 +81,18 @@ def test_batcher_refuses_a_bucket_missing_from_the_plan(rows):
         list(BucketBatcher({"3x8x8": 2}).batches(rows))
 
 
+def test_batcher_follows_planned_sizes_and_checks_them(rows):
+    rows3 = [r for r in rows if r["bucket"] == "3x8x8"]  # 11 rows
+    sizes = [3, 3, 3, 2]
+    batches = list(BucketBatcher({"3x8x8": sizes}, shuffle_buffer=4, seed=2).batches(rows3))
+    assert [len(b) for b in batches] == sizes
+    assert sorted(r["clip_id"] for b in batches for r in b) == sorted(r["clip_id"] for r in rows3)
+    with pytest.raises(RuntimeError, match="fewer rows than the plan"):
+        list(BucketBatcher({"3x8x8": [3, 3, 3, 3]}).batches(rows3))
+    with pytest.raises(RuntimeError, match="more rows than the plan"):
+        list(BucketBatcher({"3x8x8": [3, 3, 3]}).batches(rows3))
+
+
 def test_collate_pads_captions_to_the_batch_max_with_a_mask(rows):
     batch_rows = [r for r in rows if r["bucket"] == "2x8x12"][:3]
     lengths = [r["text_tokens"].shape[0] for r in batch_rows]
@@ -96,81 +107,60 @@ def test_collate_pads_captions_to_the_batch_max_with_a_mask(rows):
         collate([rows[0], next(r for r in rows if r["bucket"] != rows[0]["bucket"])])
 
 
-def test_row_cache_replays_a_complete_pass_and_gives_up_when_too_big(rows):
+def test_row_cache_keeps_row_groups_while_they_fit(rows):
+    cache, off = RowCache(limit_mb=64), RowCache(0)
+    cache.offer(0, rows[:3])
+    off.offer(0, rows[:3])
+    assert cache.get(0) == rows[:3] and off.get(0) is None
+    small = RowCache(1)
+    small.limit = 3000  # bytes: one small row group, not two
+    small.offer("a", rows[:1])
+    small.offer("b", rows[1:3])
+    assert small.get("a") == rows[:1] and small.get("b") is None
+
+
+def _reader_steps(plan, t, rank, start, count, cache_mb=0):
     reads = []
-
-    def read():
-        reads.append(1)
-        return iter(rows)
-
-    cache = RowCache(limit_mb=64)
-    assert list(cache.epoch(read)) == rows and list(cache.epoch(read)) == rows and len(reads) == 1
-    partial = RowCache(64)
-    next(partial.epoch(read))  # an unfinished pass is not cached
-    assert partial.rows is None
-    off, tiny = RowCache(0), RowCache(1)
-    tiny.limit = 1000  # bytes: a few rows only
-    for c in (off, tiny):
-        for _ in range(2):
-            assert list(c.epoch(read)) == rows
-        assert c.rows is None
-    assert len(reads) == 6
+    reader = RankReader(plan, rank, t.seed, cache_mb)
+    load = reader._load
+    reader._load = lambda i: reads.append(i) or load(i)
+    gen = rank_steps(reader, plan, t, rank, start)
+    return [next(gen) for _ in range(count)], reads
 
 
-class FakeShard:
-    """Ray Train's DataIterator, as far as rank_steps uses it: iter_batches over Arrow tables."""
-
-    def __init__(self, tbl: pa.Table):
-        self.table, self.passes = tbl, 0
-
-    def iter_batches(self, batch_size, batch_format, prefetch_batches):
-        self.passes += 1
-        yield from self.table.to_batches(max_chunksize=batch_size)
-
-
-def _rank_tables(tbl, plan):
-    ids = tbl["clip_id"].to_pylist()
-    return [tbl.take([i for i, c in enumerate(ids) if c in set(rank)]) for rank in plan.rank_ids]
-
-
-def test_rank_steps_pad_short_ranks_and_resume_mid_epoch_identically():
-    tbl = table(BUCKETS)
-    t = load_config(None, ["train.batch_size=3", "train.shuffle_buffer=4", "train.cache_mb=0"]).train
-    plan = plan_data(tbl["clip_id"].to_pylist(), tbl["bucket"].to_pylist(), 2, lambda b: 3)
+def test_rank_steps_cover_the_rank_each_epoch_and_resume_mid_epoch_identically(tmp_path):
+    root = write_synthetic_latents(str(tmp_path / "pre"), BUCKETS, row_group_rows=3)
+    cfg = load_config(None, ["train.num_workers=2", "train.batch_size=3", "train.shuffle_buffer=4",
+                             "train.grad_accum_steps=2"])
+    t, (plan, _) = cfg.train, plan_run(cfg, root)
     spe = plan.steps_per_epoch
-    assert min(plan.rank_batches) < spe  # one rank must pad: the case under test
-    tables = _rank_tables(tbl, plan)
-    per_rank = []
+    assert spe % 2 == 0  # whole optimizer steps per epoch
+    table_rows = read_latents(root, columns=["clip_id", "bucket"])
+    bucket_of = dict(zip(table_rows["clip_id"].to_pylist(), table_rows["bucket"].to_pylist()))
+    seen = []
     for rank in range(2):
-        shard = FakeShard(tables[rank])
-        gen = rank_steps(lambda: iter_shard_rows(shard), plan, t, rank, 0)
-        steps = [next(gen) for _ in range(2 * spe)]
-        per_rank.append(steps)
+        steps, reads = _reader_steps(plan, t, rank, 0, 2 * spe)
+        assert sorted(reads) == sorted(list(range(len(plan.rank_groups[rank]))) * 2)  # own groups, once an epoch
         for epoch in range(2):
             chunk = steps[epoch * spe:(epoch + 1) * spe]
-            real = [cid for batch, w, _ in chunk if w > 0 for cid in batch["clip_ids"]]
-            assert sorted(real) == sorted(plan.rank_ids[rank])  # every row of the rank, once
-            assert sum(w == 0 for _, w, _ in chunk) == spe - plan.rank_batches[rank]
-            assert all(e == epoch for _, _, e in chunk)
-        # resume at a step inside epoch 1: the same batches follow
-        k = spe + 2
-        again = FakeShard(tables[rank])
-        resumed = rank_steps(lambda: iter_shard_rows(again), plan, t, rank, k)
-        for i in range(k, 2 * spe):
-            batch, w, e = next(resumed)
-            assert batch["clip_ids"] == steps[i][0]["clip_ids"] and w == steps[i][1] and e == steps[i][2]
-    seen = [cid for steps in per_rank for b, w, _ in steps[:spe] if w > 0 for cid in b["clip_ids"]]
-    assert sorted(seen) == sorted(tbl["clip_id"].to_pylist())  # the epoch covers the table once
+            ids = [cid for batch, _ in chunk for cid in batch["clip_ids"]]
+            assert len(ids) == len(set(ids)) == sum(plan.rank_rows(rank).values())  # no row twice: no padding
+            assert all(e == epoch for _, e in chunk)
+            assert all({bucket_of[c] for c in b["clip_ids"]} == {b["bucket"]} for b, _ in chunk)
+            if epoch == 0:
+                seen += ids
+        k = spe + 3  # resume inside epoch 1: the same batches follow
+        resumed, _ = _reader_steps(plan, t, rank, k, spe - 3)
+        assert [b["clip_ids"] for b, _ in resumed] == [b["clip_ids"] for b, _ in steps[k:]]
+    assert sorted(seen) == sorted(bucket_of)  # the epoch covers the table once
 
 
-def test_rank_steps_read_the_shard_once_when_it_fits_the_cache():
-    tbl = table({"1x8x8": 4})
-    t = load_config(None, ["train.batch_size=2"]).train
-    plan = plan_data(tbl["clip_id"].to_pylist(), tbl["bucket"].to_pylist(), 1, lambda b: 2)
-    shard = FakeShard(tbl)
-    gen = rank_steps(lambda: iter_shard_rows(shard), plan, t, 0, 0)
-    batches = [next(gen) for _ in range(5 * plan.steps_per_epoch)]
-    assert shard.passes == 1 and all(w == 1.0 for _, w, _ in batches)
+def test_rank_steps_read_each_row_group_once_when_it_fits_the_cache(tmp_path):
+    root = write_synthetic_latents(str(tmp_path / "pre"), {"1x8x8": 8}, row_group_rows=2)
+    cfg = load_config(None, ["train.num_workers=1", "train.batch_size=2"])
+    plan, _ = plan_run(cfg, root)
+    _, reads = _reader_steps(plan, cfg.train, 0, 0, 5 * plan.steps_per_epoch, cache_mb=64)
+    assert sorted(reads) == list(range(4))
 
 
 def test_plan_run_reads_specs_and_dims_from_the_index(tmp_path):

@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
+from infra import storage
 from infra.config import load_config
 from infra.world import write_world
 from training.evaluate import heldout_prompts, run_eval, ssim
@@ -38,7 +40,8 @@ def test_heldout_prompts_only_name_held_out_combos():
         assert p["prompt"] == f"a {a['color']} {a['shape']} moves {a['direction']} on a {a['background']} background"
 
 
-def test_eval_samples_a_checkpoint_scores_it_and_measures_a_vae(tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_eval_samples_a_checkpoint_scores_it_and_measures_a_vae(tmp_path, where, request):
     cfg = load_config(ROOT / "configs" / "tiny.yaml", SETS)
     ckpt = tmp_path / "ckpt"
     torch.manual_seed(0)
@@ -46,8 +49,13 @@ def test_eval_samples_a_checkpoint_scores_it_and_measures_a_vae(tmp_path):
     (ckpt / "meta.json").write_text(json.dumps({"vae": "tiny", "text_encoder": "tiny"}))
     load_vae("tiny").save_pretrained(tmp_path / "vae")
     write_world(cfg.world, tmp_path / "world")
-    report = run_eval(cfg, checkpoint=str(ckpt), vae=str(tmp_path / "vae"), clips=str(tmp_path / "world"),
-                      output=str(tmp_path / "out"))
+    paths = {name: str(tmp_path / name) for name in ("ckpt", "vae", "world", "out")}
+    if where == "s3":  # every path eval reads or writes on the S3 endpoint
+        bucket = request.getfixturevalue("s3_bucket")
+        for name in ("ckpt", "vae", "world"):
+            storage.upload_dir(paths[name], f"{bucket}/{name}")
+        paths = {name: f"{bucket}/{name}" for name in paths}
+    report = run_eval(cfg, checkpoint=paths["ckpt"], vae=paths["vae"], clips=paths["world"], output=paths["out"])
     s = report["sample"]
     assert s["prompts"] == 3 and s["accuracy"]["n"] == 3
     for key in ("color", "direction", "shape"):
@@ -56,8 +64,9 @@ def test_eval_samples_a_checkpoint_scores_it_and_measures_a_vae(tmp_path):
     assert all(p["attributes"]["color"] == "red" for p in s["per_prompt"])
     r = report["reconstruction"]
     assert r["clips"] == 2 and 0 < r["psnr"] < 60 and -1 <= r["ssim"] <= 1
-    assert json.loads((tmp_path / "out" / "eval.json").read_text())["sample"]["accuracy"] == s["accuracy"]
-    assert len(list((tmp_path / "out").glob("eval-*.mp4"))) == 3
+    out = paths["out"]
+    assert json.loads(storage.read_text(storage.join(out, "eval.json")))["sample"]["accuracy"] == s["accuracy"]
+    assert len([f for f in storage.list_files(out) if f.rsplit("/", 1)[-1].startswith("eval-")]) == 3
 
 
 def test_cli_demo_data_and_eval_without_inputs(tmp_path):

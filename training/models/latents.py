@@ -125,28 +125,6 @@ def describe_vae(vae, spec: str, random: bool = False) -> LatentSpec:
                       norm=vae.latent_norm, random=random)
 
 
-def read_latent_spec(latents_table: str) -> LatentSpec | None:
-    """The one LatentSpec of a latents table (ROOT/latents), or None for a table made before it was recorded."""
-    from infra import storage
-
-    cols = ["vae", "vae_id", "latent_norm"]
-    try:
-        table = storage.read_table(latents_table, columns=cols)
-    except (KeyError, ValueError, OSError):  # written before these columns existed
-        return None
-    distinct = {tuple(r.values()) for r in table.to_pylist()}
-    ids = sorted({d[1] for d in distinct}, key=str)
-    if len(ids) > 1:
-        raise ValueError(f"the latents table {latents_table} mixes latents of different VAEs {ids[:4]}: train on one")
-    return LatentSpec.from_row(*next(iter(distinct))) if distinct else None
-
-
-def latents_meta(latents_table: str) -> dict:
-    """vae, vae_id and latent_norm of a latents table, for a training run's meta.json ({} before they existed)."""
-    spec = read_latent_spec(latents_table)
-    return spec.to_meta() if spec else {}
-
-
 def check_resume(run_dir: str, meta: dict) -> None:
     """Refuse to continue a run whose newest checkpoint was trained on latents of a different VAE."""
     import json as _json

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
+from infra import storage
 from training.models.io import PretrainedMixin, from_preset
 from training.models.latents import LatentNorm, LatentSpec, describe_vae
 
@@ -351,6 +352,9 @@ def load_vae(spec: str, device="cpu", seed: int = 0, dtype: torch.dtype | None =
         from training.models.diffusers_vae import load_diffusers_vae
 
         return load_diffusers_vae(spec, device=device, dtype=dtype, tiling=tiling, slicing=slicing, tile_px=tile_px)
+    if storage.is_s3(spec):  # a save_pretrained directory on S3: loaded from a temporary copy
+        with storage.local_copy(spec) as local:
+            return load_vae(local, device=device, seed=seed, dtype=dtype)
     if Path(spec).is_dir():
         return VideoVAE.from_pretrained(spec, device=device).to(dtype=dtype)
     if spec in VAE_PRESETS:
