@@ -18,6 +18,8 @@ prompts (text-to-video) and on the Sora capabilities (training/evaluate_capabili
 image-to-video colour, extension direction, image colour. Run:
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python bench/learn.py --model capabilities \
         --config configs/learn-capabilities.yaml --work runs/learn-capabilities
+  Measured (README "Evaluation of the capabilities", 4000 steps): image-to-video colour 1.00, image
+  colour 1.00, extension direction 0.11 on held-out pairs (0.44 on seen ones; the 0.70 bar is not met).
 All print one JSON line per evaluation, then a summary line.
 """
 

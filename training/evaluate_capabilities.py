@@ -6,6 +6,7 @@
 - extension: the first 1 + tc frames of each held-out eval clip (two latent frames) extended by
   one latent frame with a prompt that names no direction ("a red square on a gray background");
   the direction of the generated frames only against the clip's;
+  (`extension_seen`: the same on training clips, whose colour-direction pairs the model saw);
 - images: one-frame samples of "a {colour} {shape} on a {background} background" prompts; their
   colour and shape against the prompt's.
 """
@@ -96,6 +97,12 @@ def images(cfg, sampler, n: int | None = None) -> dict:
     return {"prompts": len(picked), "accuracy": score(checks, picked, keys=("color", "shape")), "videos": videos}
 
 
+def _videos(clips: list[dict]) -> list[dict]:
+    """The moving clips of a split (stills have no direction to continue), spread over its files."""
+    moving = [c for c in clips if c.get("media_type", "video") == "video" and c["attributes"].get("direction")]
+    return moving[::max(1, len(moving) // 36)]
+
+
 @torch.no_grad()
 def score_capabilities(cfg, checkpoint: str, world_dir: str, out_dir: Path | None = None, extend_clips: int = 36) -> dict:
     """The three scores above for a checkpoint, on a world's held-out prompts and eval clips."""
@@ -106,6 +113,9 @@ def score_capabilities(cfg, checkpoint: str, world_dir: str, out_dir: Path | Non
     sampler = load_sampler(cfg, checkpoint)
     report = {"image_to_video": image_to_video(cfg, sampler, heldout_prompts(cfg.world, seed=cfg.world.seed)),
               "extension": extension(cfg, sampler, world_clips(world_dir, "eval")[:extend_clips]),
+              # the same on training clips (their colour-direction pairs seen in training): tells a model
+              # that continues motion from one that draws the direction it learned for the colour
+              "extension_seen": extension(cfg, sampler, _videos(world_clips(world_dir, "train"))[:extend_clips]),
               "images": images(cfg, sampler)}
     for name, part in report.items():
         videos = part.pop("videos")
