@@ -43,8 +43,8 @@ def _sampled_fps(batch: dict, i: int, n: int) -> float | None:
 class CaptionStage:
     """GPU (or CPU) stage that captions clips.
 
-    Reads `frames` (B,N,H,W,3) uint8 from FramePrepStage, `error`/`error_stage` (rows that already
-    failed pass through), and any columns the prompt template or `score_suffix` names. Writes
+    Reads `frames` (B,N,H,W,3) uint8 from FramePrepStage (only the first for a `media_type` "image"
+    row), `error`/`error_stage` (rows that already failed pass through), and any columns the prompt template or `score_suffix` names. Writes
     `caption`, `caption_model`, `caption_prompt`, `caption_score` (NaN without a CLIP model),
     `caption_tokens`, `error`, `error_stage`; drops `frames`. A batch that runs out of memory is
     split in halves down to single clips; a clip that still fails becomes an error row.
@@ -141,8 +141,10 @@ class CaptionStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self.setup()
-        frames = batch["frames"]
-        n = len(frames)
+        n = len(batch["frames"])
+        # An image's one frame, so the captioner takes its image path (a 1-frame clip is an image turn).
+        images = [str(k) == "image" for k in batch.get("media_type", [None] * n)]
+        frames = [f[:1] if image else f for f, image in zip(batch["frames"], images)]
         errors = [v if isinstance(v, str) and v else None for v in batch.get("error", [None] * n)]
         stages = [v if errors[i] else None
                   for i, v in enumerate(batch.get("error_stage", [None] * n))]

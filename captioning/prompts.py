@@ -1,11 +1,12 @@
-"""Captioning prompts, per-row templates, Open-Sora-style score suffixes and caption clean-up."""
+"""Captioning prompts, per-row templates and caption clean-up (score suffixes: infra/captions.py)."""
 
 from __future__ import annotations
 
-import math
 import re
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+
+from infra.captions import SCORE_LABELS, append_scores, score_suffix  # noqa: F401  (re-exported)
 
 DEFAULT_PROMPT = (
     "Describe this video in detail: the main subjects and their actions, the setting, the "
@@ -20,10 +21,6 @@ PROMPTS = {
         "and their actions, the setting, the lighting and colours, and how the camera moves."
     ),
 }
-# Labels for score columns in the suffix (Open-Sora 1.2 appends "aesthetic score", "motion score").
-SCORE_LABELS = {"aesthetic": "aesthetic score", "motion": "motion", "sharpness": "sharpness",
-                "brightness": "brightness", "text_ratio": "text ratio"}
-
 _SPECIAL = re.compile(
     r"<\|[^|<>]{1,40}\|>"  # <|im_end|>, <|endoftext|>, <|video_pad|>
     r"|</?s>|<pad>|<unk>|<eos>|<bos>|<image>|<video>|<end_of_turn>|<start_of_turn>"
@@ -47,38 +44,6 @@ def render_prompt(template: str, row: Mapping) -> str:
     if missing:
         raise KeyError(f"prompt template needs column(s) {missing} that the clip row lacks")
     return template.format_map(row)
-
-
-def _number(v: float) -> str:
-    """One decimal, without a trailing '.0' (5.5 -> '5.5', 10.0 -> '10')."""
-    s = f"{v:.1f}"
-    return s[:-2] if s.endswith(".0") else s
-
-
-def score_suffix(row: Mapping, keys: Sequence[str] | Mapping[str, str]) -> str:
-    """'aesthetic score 5.5, motion 10' from a row's score columns; missing or NaN ones left out."""
-    labels = dict(keys) if isinstance(keys, Mapping) else {k: SCORE_LABELS.get(k, k) for k in keys}
-    parts = []
-    for key, label in labels.items():
-        v = row.get(key)
-        if v is None:
-            continue
-        v = float(v)
-        if math.isnan(v):
-            continue
-        parts.append(f"{label.replace('_', ' ')} {_number(v)}")
-    return ", ".join(parts)
-
-
-def append_scores(caption: str, row: Mapping, keys: Sequence[str] | Mapping[str, str]) -> str:
-    """The caption with its score suffix as a last sentence (unchanged when there are no scores)."""
-    suffix = score_suffix(row, keys) if keys else ""
-    if not suffix:
-        return caption
-    caption = caption.rstrip()
-    if caption and not re.search(r"[.!?][\"')\]]*$", caption):
-        caption += "."
-    return f"{caption} {suffix}.".lstrip()
 
 
 def _strip_echo(text: str, prompt: str) -> str:

@@ -48,7 +48,7 @@ CAPTION_FIELDS = [
 _RESOURCE_KEYS = ("num_gpus", "prep_cpus", "concurrency", "resources", "prep_resources",
                   "allow_random_weights")
 # Columns the prep and caption stages read; everything else stays on the driver's side.
-_WORK_COLUMNS = ("clip_id", "video_id", "uri", "start_s", "end_s", "start_frame", "end_frame", "fps")
+_WORK_COLUMNS = ("clip_id", "video_id", "uri", "start_s", "end_s", "start_frame", "end_frame", "fps", "media_type")
 
 
 class CaptionInputError(ValueError):

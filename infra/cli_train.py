@@ -113,24 +113,49 @@ def sample(
     checkpoint: str = typer.Option(..., "--checkpoint", help="checkpoint dir with dit/ (and ema/, meta.json); "
                                    "local or s3://"),
     prompt: list[str] = typer.Option(..., "--prompt", "-p", help="text prompt (repeatable: one video each)"),
-    output: str = typer.Option("samples", "--output", "-o", help="folder for the mp4 files, local or s3://"),
+    output: str = typer.Option("samples", "--output", "-o", help="folder for the mp4 (or png) files, local or s3://"),
     vae: Optional[str] = typer.Option(None, "--vae", help="VAE spec or save_pretrained dir, local or s3:// "
                                       "(default: the checkpoint's, else precompute.vae)"),
     text_encoder: Optional[str] = typer.Option(None, "--text-encoder", help="text encoder spec (default as --vae)"),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu or cuda"),
+    num_frames: Optional[int] = typer.Option(None, "--num-frames", help="pixel frames (1: an image, written as PNG; "
+                                             "default sample.num_frames)"),
+    image: Optional[str] = typer.Option(None, "--image", help="animate this image: it stays the first frame"),
+    video: Optional[str] = typer.Option(None, "--video", help="a video to extend (--extend N) or edit (--strength s)"),
+    extend: Optional[int] = typer.Option(None, "--extend", help="latent frames to add after --video"),
+    backward: bool = typer.Option(False, "--backward", help="with --extend: add them before the video instead"),
+    connect: Optional[tuple[str, str]] = typer.Option(None, "--connect", help="A B: from the end of video A to "
+                                                      "the start of video B"),
+    strength: Optional[float] = typer.Option(None, "--strength", help="edit --video: noise it to t=s in (0, 1] and "
+                                             "denoise it with the prompt (SDEdit)"),
+    prompt_extension: Optional[str] = typer.Option(None, "--prompt-extension", help="'world', a causal LM (name or "
+                                                   "path) or 'none' (default: sample.prompt_extension)"),
+    print_prompt: bool = typer.Option(False, "--print-prompt", help="print each prompt as it is sampled "
+                                      "(extended, with scores)"),
+    scores: bool = typer.Option(False, "--scores", help="append sample.target_scores to each prompt as "
+                                "caption.score_suffix appended scores in training"),
     config: Optional[str] = ConfigOpt,
     sets: list[str] = SetOpt,
 ) -> None:
-    """Sample videos from a trained DiT checkpoint to mp4 (text -> latents -> VAE decode -> mp4)."""
-    from training.sample import sample_to_files
+    """Sample videos (or images) from a trained DiT checkpoint: text -> latents -> VAE decode -> mp4 / png;
+    optionally animating an image, extending, connecting or editing videos."""
+    from training.conditioning import ConditionSpec
+    from training.sample import prepare_prompts, sample_to_files
 
     if device not in ("auto", "cpu", "cuda"):
         fail("sample", f"--device must be auto, cpu or cuda, not {device!r}")
-    cfg = _load(config, sets)
+    extra = [f"sample.num_frames={num_frames}"] if num_frames else []
+    extra += [f"sample.prompt_extension={prompt_extension}"] if prompt_extension else []
+    cfg = _load(config, [*sets, *extra])
     with exits_on("sample", FileNotFoundError, ValueError):
-        paths = sample_to_files(cfg, checkpoint, list(prompt), output, vae_spec=vae, text_encoder_spec=text_encoder,
-                                device=device)
-    for p, path in zip(prompt, paths):
+        spec = ConditionSpec(image, video, extend, backward, tuple(connect) if connect else None, strength).check()
+        final = prepare_prompts(cfg, list(prompt), scores=scores)
+        if print_prompt:
+            for p, f in zip(prompt, final):
+                out.print(f"prompt {p!r} -> {f!r}")
+        paths = sample_to_files(cfg, checkpoint, final, output, vae_spec=vae, text_encoder_spec=text_encoder,
+                                device=device, condition=spec)
+    for p, path in zip(final, paths):
         out.print(f"{path}  <- {p!r}")
 
 

@@ -29,6 +29,7 @@ VIDEOS_SCHEMA = pa.schema(
         ("num_frames", pa.int64()),  # counted by decoding when the header is missing or wrong
         ("duration_s", pa.float64()),
         ("has_audio", pa.bool_()),
+        ("media_type", pa.string()),  # "video" or "image" (a one-frame clip); null in tables made before
     ]
 )
 
@@ -45,7 +46,8 @@ CLIP_CORE_FIELDS = [
     ("fps", pa.float64()),
     ("width", pa.int32()),
     ("height", pa.int32()),
-    ("split_method", pa.string()),
+    ("split_method", pa.string()),  # "image" for a still image's one clip
+    ("media_type", pa.string()),  # "video" or "image": an image is one frame (no fps, no seconds, no motion)
 ]
 # Measures: filled by the measure stages (pipelines/measures/), null when a measure is off.
 CLIP_MEASURE_FIELDS = [

@@ -9,6 +9,7 @@ are relative to the first frame, as decord reports them. Rotation metadata is ap
 
 - `sample_frames`: N frames of one clip range (uniform or at an fps), resized or cropped.
 - `sample_video`: K frames per clip for many clips of one video, opened once (curate's measures).
+- `read_image`: a still image (an image is a one-frame video: both samplers serve it as one).
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import av
 import cv2
 import numpy as np
 
-from infra.storage import is_s3, open_seekable
+from infra.storage import is_s3, open_seekable, read_bytes
 
 log = logging.getLogger(__name__)
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")  # what the samplers read as stills
 _TIE = 1e-5  # nearest-frame ties (within float32 timestamp error) go to the earlier frame
 _TOL = 5e-4  # container timestamps are rounded (float32 in decord)
 
@@ -174,6 +176,61 @@ def _read_any(src, start_t, end_t, num_frames, fps, size, crop, num_threads, uri
                            f"PyAV: {type(e).__name__}: {e}") from e
 
 
+# ----------------------------------------------------------------------------- images
+def is_image(uri: str, suffixes=IMAGE_SUFFIXES) -> bool:
+    return str(uri).lower().endswith(tuple(suffixes))
+
+
+def image_format(data: bytes) -> str | None:
+    """"png", "jpeg", "webp" or "bmp" from a file's first bytes; None for anything else."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "webp"
+    return "bmp" if data.startswith(b"BM") else None
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of an encoded image (EXIF orientation applied, alpha dropped); ValueError
+    when it is not an image OpenCV decodes. Decoded with OpenCV's own pixel limit, never by pickle."""
+    if image_format(data) is None:
+        raise ValueError("not an image: the file starts with neither a PNG, JPEG, WebP nor BMP signature")
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None or img.size == 0:
+        raise ValueError(f"cannot decode the {image_format(data)} image (truncated or corrupt)")
+    return np.ascontiguousarray(img[..., ::-1])
+
+
+def read_image(uri: str) -> np.ndarray:
+    """A local or s3:// image as (H, W, 3) uint8 RGB."""
+    return decode_image(read_bytes(uri))
+
+
+def read_frames(uri: str, size: tuple[int, int] | None = None, max_frames: int | None = None,
+                last: bool = False) -> np.ndarray:
+    """Every frame (N,H,W,3) uint8 of a video in presentation order (an image: its one frame),
+    cover-resized and centre-cropped to `size`; at most `max_frames`, the first or the `last` ones."""
+    import collections
+
+    if is_image(uri):
+        return _resize(read_image(uri)[None], size, None, True)
+
+    def run(src):
+        with av.open(src) as container:
+            kept = collections.deque(maxlen=max_frames if last else None)
+            for frame in _decode_tolerant(container, container.streams.video[0]):
+                kept.append(_rotated(frame))
+                if max_frames and not last and len(kept) == max_frames:
+                    break
+        if not kept:
+            raise RuntimeError(f"no frame of {uri} decodes")
+        return np.stack(kept)
+
+    return _resize(_with_source(uri, run), size, None, True)
+
+
 def sample_frames(uri: str, start_s: float | None = None, end_s: float | None = None, *,
                   num_frames: int | None = 8, fps: float | None = None,
                   size: tuple[int, int] | None = None, short_side: int | None = None,
@@ -188,6 +245,9 @@ def sample_frames(uri: str, start_s: float | None = None, end_s: float | None = 
     """
     if size is not None and short_side is not None:
         raise ValueError("give size or short_side, not both")
+    if is_image(uri):  # a one-frame clip: its frame, num_frames times (once at an fps)
+        frame = read_image(uri)[None]
+        return _resize(np.repeat(frame, 1 if fps or not num_frames else num_frames, axis=0), size, short_side, crop)
     start_t, end_t = _clip_times(start_s, end_s, start_frame, end_frame, source_fps)
     if end_t <= start_t:
         raise ValueError(f"empty clip range [{start_t}, {end_t}) s")
@@ -310,7 +370,13 @@ def _sample(reader, clips: list[dict], k: int, short_side: int, pairs: bool):
 
 def sample_video(uri: str, clips: list[dict], k: int = 4, short_side: int = 160, pairs: bool = True,
                  threads: int = 1) -> tuple[np.ndarray, np.ndarray | None]:
-    """Anchors (n_clips, K, H, W, 3) uint8 RGB and, with `pairs`, each anchor's next frame."""
+    """Anchors (n_clips, K, H, W, 3) uint8 RGB and, with `pairs`, each anchor's next frame (an
+    image: its one frame as a single anchor of its one clip, and no pairs)."""
+    if is_image(uri):
+        img = read_image(uri)
+        h, w = target_size(img.shape[0], img.shape[1], short_side)
+        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA) if (h, w) != img.shape[:2] else img
+        return np.repeat(img[None, None], len(clips), axis=0), None
 
     def run(src):
         try:

@@ -286,6 +286,22 @@ def write_video(path, scenes: list[Scene], *, fps=24, width: int = 128, height: 
     }
 
 
+def write_image(path, scene: Scene, *, width: int = 128, height: int = 96, seed: int = 0, quality: int = 95) -> Path:
+    """A still of `scene`'s first frame as PNG, JPEG or WebP (by the suffix): a one-frame clip."""
+    rng = np.random.default_rng(seed)
+    bg = _scene_backgrounds([scene])[0]
+    base = _texture(height, width, bg, rng) if scene.textured else np.full((height, width, 3), bg, np.uint8)
+    img = _paint(scene, 0, base, rng)
+    path = Path(path)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else (
+        [cv2.IMWRITE_WEBP_QUALITY, quality] if path.suffix.lower() == ".webp" else [])
+    ok, data = cv2.imencode(path.suffix.lower(), np.ascontiguousarray(img[..., ::-1]), params)
+    if not ok:
+        raise ValueError(f"OpenCV cannot encode {path.suffix} images")
+    path.write_bytes(data.tobytes())
+    return path
+
+
 def write_audio_only(path, seconds: float = 1.0) -> dict:
     """An AAC-only file (.m4a/.mp4): a media file with no video stream."""
     with av.open(str(path), "w") as container:

@@ -6,21 +6,24 @@ backgrounds, several scenes per file with hard cuts, one caption per scene in a 
                                                  except `world.holdout`
     DIR/eval/world-0000.mp4 + world-0000.json    the held-out combos only (all combos without one)
     DIR/world.json                               the index: files, split, vocab, counts
+    DIR/train/image-0000.png + image-0000.json   `world.images` stills (a shape, no motion): one-frame clips
 The sidecar `VIDEO.json` is a list of {start_frame, end_frame, start_s, end_s, caption,
 attributes: {color, shape, direction, background, textured[, second]}} (end exclusive); with
-`world.sidecar: txt` single-scene files get `VIDEO.txt` holding the caption instead.
+`world.sidecar: txt` single-scene files get `VIDEO.txt` holding the caption instead. An image's
+sidecar has one entry, frames [0, 1), no seconds and no direction.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from infra.config import WorldConfig
-from infra.videogen import Scene, Sprite, write_video
+from infra.videogen import Scene, Sprite, write_image, write_video
 
 SPLITS = ("train", "eval")
 
@@ -35,12 +38,41 @@ class ScenePlan:
 
 
 def caption_text(attrs: dict) -> str:
-    """'a red square moves left on a gray background' (and a second shape when there is one)."""
+    """'a red square moves left on a gray background' (and a second shape when there is one);
+    without a direction (an image) 'a red square on a gray background'."""
+    if not attrs.get("direction"):
+        return f"a {attrs['color']} {attrs['shape']} on a {attrs['background']} background"
     first = f"a {attrs['color']} {attrs['shape']} moves {attrs['direction']}"
     second = attrs.get("second")
     if second:
         first += f" and a {second['color']} {second['shape']} moves {second['direction']}"
     return f"{first} on a {attrs['background']} background"
+
+
+# Words a short prompt may use for the world's vocabulary.
+_SYNONYMS = {"leftwards": "left", "leftward": "left", "rightwards": "right", "rightward": "right", "upwards": "up",
+             "upward": "up", "downwards": "down", "downward": "down", "ball": "circle", "disc": "circle",
+             "disk": "circle", "box": "square", "grey": "gray"}
+
+
+def extend_prompt(text: str, cfg: WorldConfig, image: bool = False) -> str:
+    """A short prompt ('red ball going left') in the world's caption template ('a red circle moves
+    left on a black background'): what it names, and the vocabulary's first colour, shape, direction
+    (none for an image) or background for what it leaves out. A prompt that names none of the
+    world's colours, shapes or directions is returned as it is."""
+    words = [_SYNONYMS.get(w, w) for w in re.findall(r"[a-z]+", text.lower())]
+    background = next((w for i, w in enumerate(words) if w in cfg.backgrounds and (
+        words[i + 1:i + 2] == ["background"] or words[max(0, i - 1):i] in (["on"], ["over"]))), None)
+    color = next((w for w in words if w in cfg.shape_colors and w != background), None)
+    shape = next((w for w in words if w in cfg.shapes), None)
+    direction = next((w for w in words if w in cfg.directions), None)
+    if color is None and shape is None and direction is None:
+        return text
+    color = color or cfg.shape_colors[0]
+    background = background or next(b for b in cfg.backgrounds if b != color)
+    attrs = {"color": color, "shape": shape or cfg.shapes[0], "background": background,
+             "direction": None if image else direction or cfg.directions[0]}
+    return caption_text(attrs)
 
 
 def combos(cfg: WorldConfig, split: str) -> list[tuple[str, str]]:
@@ -138,8 +170,29 @@ def write_world_video(cfg: WorldConfig, split: str, index: int, directory: Path)
             "num_frames": truth["num_frames"], "cuts": truth["cuts"], "scenes": rows}
 
 
+def write_world_image(cfg: WorldConfig, index: int, directory: Path) -> dict:
+    """One still (any colour, shape and background, the shape anywhere) and its sidecar; its index entry."""
+    rng = np.random.default_rng([cfg.seed, len(SPLITS), index])
+    w, h = _parse_size(_pick(rng, list(cfg.sizes)))
+    color, shape = _pick(rng, list(cfg.shape_colors)), _pick(rng, list(cfg.shapes))
+    background = _pick(rng, [b for b in cfg.backgrounds if b != color])
+    side = max(1, int(min(h, w) * cfg.shape_size))
+    start = ((rng.uniform(0, w - side) + 0.25) / w, (rng.uniform(0, h - side) + 0.25) / h)
+    textured = bool(rng.random() < cfg.textured)
+    scene = Scene(1, kind="static", color=tuple(cfg.colors[color]), bg=tuple(cfg.colors[background]), shape=shape,
+                  size=cfg.shape_size, start=start, textured=textured)
+    path = write_image(directory / f"image-{index:04d}.{cfg.image_format}", scene, width=w, height=h,
+                       seed=cfg.seed * 100_003 + 50_000 + index)
+    attrs = {"color": color, "shape": shape, "direction": None, "background": background, "textured": textured}
+    rows = [{"start_frame": 0, "end_frame": 1, "start_s": None, "end_s": None, "caption": caption_text(attrs),
+             "attributes": attrs}]
+    path.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    return {"file": f"train/{path.name}", "split": "train", "media_type": "image", "width": w, "height": h,
+            "num_frames": 1, "cuts": [], "scenes": rows}
+
+
 def write_world(cfg: WorldConfig, out_dir: str | Path, progress=None) -> dict:
-    """Write the train and eval files, their sidecars and DIR/world.json; returns the index."""
+    """Write the train and eval files, the train images, their sidecars and DIR/world.json; returns the index."""
     out = Path(out_dir)
     entries = []
     for split, count in (("train", cfg.videos), ("eval", cfg.eval_videos)):
@@ -149,10 +202,13 @@ def write_world(cfg: WorldConfig, out_dir: str | Path, progress=None) -> dict:
             entries.append(write_world_video(cfg, split, i, directory))
             if progress:
                 progress(entries[-1])
+    for i in range(cfg.images):
+        entries.append(write_world_image(cfg, i, out / "train"))
     index = {
         "config": cfg.model_dump(mode="json"),
         "holdout": list(cfg.holdout),
-        "counts": {s: {"videos": sum(e["split"] == s for e in entries),
+        "counts": {s: {"videos": sum(e["split"] == s and "media_type" not in e for e in entries),
+                       "images": sum(e["split"] == s and e.get("media_type") == "image" for e in entries),
                        "scenes": sum(len(e["scenes"]) for e in entries if e["split"] == s)} for s in SPLITS},
         "files": entries,
     }
@@ -171,6 +227,8 @@ def world_clips(root: str | Path, split: str | None = None) -> list[dict]:
     for e in index["files"]:
         if split and e["split"] != split:
             continue
+        image = e.get("media_type") == "image"
         for s in e["scenes"]:
-            rows.append({"uri": storage.join(root, e["file"]), "split": e["split"], "fps": fps, **s})
+            rows.append({"uri": storage.join(root, e["file"]), "split": e["split"], "fps": None if image else fps,
+                         "media_type": "image" if image else "video", **s})
     return rows

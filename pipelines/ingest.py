@@ -1,4 +1,5 @@
-"""Ingest: turn a source (directory, glob, list file, s3:// prefix, single file) into sorted input URIs."""
+"""Ingest: turn a source (directory, glob, list file, s3:// prefix, single file) into sorted input URIs
+(videos, and images when their extensions are listed: curate.image_extensions)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,11 @@ def _read_list_file(path: str) -> list[str]:
             line = os.path.join(base, line)
         uris.append(line if storage.is_s3(line) else os.path.abspath(line))
     return uris
+
+
+def media_type(uri: str, image_extensions: list[str] | tuple[str, ...]) -> str:
+    """"image" for a file with an image extension (a one-frame clip), else "video"."""
+    return "image" if _has_ext(uri, tuple(e.lower() for e in image_extensions)) else "video"
 
 
 def list_inputs(source: str, extensions: list[str] | tuple[str, ...]) -> list[str]:

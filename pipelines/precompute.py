@@ -88,6 +88,16 @@ def assign_bucket(width: int, height: int, num_frames: int, buckets: list[Bucket
     return max(fits, key=lambda b: (b.height * b.width, b.frames)), ""
 
 
+def image_buckets(resolutions: list[int], aspect_ratios: list[str], multiple: int = 16) -> list[Bucket]:
+    """One-frame buckets (latent T = 1) at the same resolutions and aspects: where images go."""
+    return make_buckets(resolutions, [1], aspect_ratios, multiple=multiple)
+
+
+def _rate(fps) -> float | None:
+    """A clip's frame rate as a float; None for an image (it has none)."""
+    return float(fps) if fps is not None else None
+
+
 def keep_draw(clip_id: str, seed: int = 0) -> float:
     """A deterministic uniform draw in [0, 1) per clip, for per-bucket keep probabilities."""
     return int(hashlib.sha1(f"{seed}:{clip_id}".encode()).hexdigest()[:13], 16) / 16**13
@@ -126,7 +136,7 @@ class PixelPrepStage:
             try:
                 frames = sample_frames(
                     str(value(batch, "uri", i)), start_frame=int(value(batch, "win_start", i)),
-                    end_frame=int(value(batch, "win_end", i)), source_fps=float(value(batch, "fps", i)),
+                    end_frame=int(value(batch, "win_end", i)), source_fps=_rate(value(batch, "fps", i)),
                     num_frames=int(value(batch, "b_frames", i)),
                     size=(int(value(batch, "b_height", i)), int(value(batch, "b_width", i))), crop=True,
                     num_threads=self.num_threads)
@@ -235,4 +245,5 @@ class EncodeStage:
                 text_emb=tensor_to_bytes(emb, dtype), text_emb_shape=list(emb.shape), text_len=length,
                 vae=self.p.vae, vae_id=spec.vae_id, latent_norm=spec.norm_json(), text_encoder=self.p.text_encoder,
                 bucket="x".join(str(d) for d in z[j].shape[1:]), height=h, width=w, num_frames=t,
-                fps=float(rows[i]["fps"]) / int(rows[i].get("stride") or 1), error="", error_stage="")
+                fps=None if rows[i]["fps"] is None else float(rows[i]["fps"]) / int(rows[i].get("stride") or 1),
+                error="", error_stage="")

@@ -1,4 +1,4 @@
-"""Probe stage: container/stream facts of each video, every failure turned into a readable row."""
+"""Probe stage: container/stream facts of each video (or image), every failure turned into a readable row."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from typing import BinaryIO
 import av
 import numpy as np
 
-from infra.storage import open_seekable
+from infra.storage import open_seekable, read_bytes
 from infra.schema import VIDEOS_SCHEMA, video_id_for
+from infra.video import decode_image, image_format
 
 # Top-level ISO-BMFF (mp4/mov) box types a file may start with; others are not walked.
 _MP4_FIRST_BOXES = {b"ftyp", b"wide", b"free", b"skip", b"moov", b"mdat"}
@@ -179,11 +180,51 @@ def _open_message(exc: Exception) -> tuple[str, str]:
     return type(exc).__name__, f"cannot open: {type(exc).__name__}: {exc}"
 
 
+def _new_row(uri: str, media_type: str) -> dict:
+    row: dict = {f.name: None for f in VIDEOS_SCHEMA}
+    row.update(video_id=video_id_for(uri), uri=uri, status="ok", error="", error_stage="", error_type="",
+               media_type=media_type)
+    return row
+
+
+def _failed(row: dict, exc: Exception) -> dict:
+    """The row of an input that raised: its ProbeError, or what opening it said."""
+    if isinstance(exc, ProbeError):
+        return dict(row, status="failed", error=str(exc), error_stage="probe", error_type=exc.code)
+    code, msg = _open_message(exc) if isinstance(exc, OSError) else (
+        type(exc).__name__, f"probe failed: {type(exc).__name__}: {exc}")
+    return dict(row, status="failed", error=msg, error_stage="probe", error_type=code)
+
+
+def probe_image(uri: str, min_side: int = 16) -> dict:
+    """The VIDEOS_SCHEMA row of a still image: one frame, no rate, no duration; never raises."""
+    row = _new_row(uri, "image")
+    try:
+        data = read_bytes(uri)
+        row["size_bytes"] = len(data)
+        if not data:
+            raise ProbeError("zero_byte", "zero-byte file (empty upload or copy?)")
+        fmt = image_format(data)
+        if fmt is None:
+            raise ProbeError("not_an_image", "not an image: no PNG, JPEG, WebP or BMP signature (wrong extension?)")
+        try:
+            h, w = decode_image(data).shape[:2]
+        except ValueError as exc:
+            raise ProbeError("undecodable_image", f"{exc}") from exc
+        row.update(container=fmt, codec=fmt, width=w, height=h, rotation=0, vfr=False, num_frames=1,
+                   has_audio=False)
+        if min(w, h) < min_side:
+            raise ProbeError("too_small", f"too small: {w}x{h} pixels (under {min_side} px a side is no usable image)")
+    except TimeoutError:
+        raise  # the runner's per-video deadline
+    except Exception as exc:  # noqa: BLE001 - a bad file must become a row, not a crash
+        return _failed(row, exc)
+    return row
+
+
 def probe_video(uri: str, min_side: int = 16) -> dict:
     """Every VIDEOS_SCHEMA column (plus error_stage/error_type) for one video; never raises."""
-    row: dict = {f.name: None for f in VIDEOS_SCHEMA}
-    row.update(video_id=video_id_for(uri), uri=uri, status="ok", error="", error_stage="",
-               error_type="")
+    row = _new_row(uri, "video")
     try:
         with open_seekable(uri) as f:
             size = row["size_bytes"] = _file_size(f)
@@ -201,22 +242,19 @@ def probe_video(uri: str, min_side: int = 16) -> dict:
                 raise ProbeError(*_open_message(exc)) from exc
             with container:
                 _probe_container(container, uri, size, row, min_side)
-    except ProbeError as exc:
-        row.update(status="failed", error=str(exc), error_stage="probe", error_type=exc.code)
     except TimeoutError:
         raise  # the runner's per-video deadline: it records the failure itself
     except Exception as exc:  # noqa: BLE001 - a bad file must become a row, not a crash
-        code, msg = _open_message(exc) if isinstance(exc, OSError) else (
-            type(exc).__name__, f"probe failed: {type(exc).__name__}: {exc}")
-        row.update(status="failed", error=msg, error_stage="probe", error_type=code)
+        return _failed(row, exc)
     return row
 
 
 class ProbeStage:
     """Probe each video.
 
-    Reads `uri` (and `video_id` when present); passes every other column through; writes every
-    VIDEOS_SCHEMA column plus `error_stage` and `error_type` ("" when status is "ok").
+    Reads `uri` (and `video_id`, `media_type` when present: "image" rows are probed as stills);
+    passes every other column through; writes every VIDEOS_SCHEMA column plus `error_stage` and
+    `error_type` ("" when status is "ok").
     """
 
     def __init__(self, min_side: int = 16):
@@ -227,7 +265,8 @@ class ProbeStage:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         uris = [str(u) for u in batch["uri"]]
-        rows = [probe_video(u, self.min_side) for u in uris]
+        kinds = [str(k) for k in batch["media_type"]] if "media_type" in batch else ["video"] * len(uris)
+        rows = [(probe_image if k == "image" else probe_video)(u, self.min_side) for u, k in zip(uris, kinds)]
         if "video_id" in batch:
             for row, vid in zip(rows, batch["video_id"]):
                 row["video_id"] = str(vid)

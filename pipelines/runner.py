@@ -162,8 +162,9 @@ def add_stage(ds, cfg: ReelForgeConfig, kind: str):
                           concurrency=c.concurrency, zero_copy_batch=False, **placement(c.resources))
 
 
-def input_rows(pending: list[tables.Partition]) -> list[dict]:
-    return [{"uri": u, "video_id": video_id_for(u), "partition": p.pid} for p in pending for u in p.uris]
+def input_rows(pending: list[tables.Partition], image_extensions=()) -> list[dict]:
+    return [{"uri": u, "video_id": video_id_for(u), "partition": p.pid,
+             "media_type": ingest.media_type(u, image_extensions)} for p in pending for u in p.uris]
 
 
 def _dataset(cfg: ReelForgeConfig, rows: list[dict], kinds: list[str]):
@@ -218,7 +219,7 @@ def _run_partitions(cfg: ReelForgeConfig, pending: list[tables.Partition], outpu
         part, counts = _partition_tables(rows)
         markers[pid] = tables.write_partition(output, pid, part, fingerprint, counts)
 
-    rows = _dataset(cfg, input_rows(pending), stage_kinds(cfg)).iter_rows()
+    rows = _dataset(cfg, input_rows(pending, cfg.curate.image_extensions), stage_kinds(cfg)).iter_rows()
     tables.commit_as_complete(rows, {p.pid: len(p.uris) for p in pending}, commit, progress=progress, unit="video")
 
 
@@ -228,8 +229,12 @@ def _materialize(cfg: ReelForgeConfig, output: str, d: refilter.Decisions) -> tu
     existing = {posixpath.basename(u) for u in storage.list_files(storage.join(output, CLIP_FILES))}
     uris: dict[str, str | None] = {}
     todo: dict[str, list[dict]] = collections.defaultdict(list)
+    images = 0
     for i in np.flatnonzero(d.keep):
         c = t[i]
+        if ingest.media_type(c["uri"], cfg.curate.image_extensions) == "image":
+            images += 1  # an image is its own one-frame clip file
+            continue
         target = clip_file_uri(output, c["clip_id"])
         if posixpath.basename(target) in existing:
             uris[c["clip_id"]] = target
@@ -241,13 +246,14 @@ def _materialize(cfg: ReelForgeConfig, output: str, d: refilter.Decisions) -> tu
         for row in _dataset(cfg, rows, ["materialize"]).iter_rows():
             uris.update(json.loads(row.get("clip_uris") or "{}"))
     written = sum(1 for u in uris.values() if u) - reused
-    return uris, {"kept": int(d.keep.sum()), "written": written, "reused": reused,
-                  "failed": int(d.keep.sum()) - written - reused}
+    return uris, {"kept": int(d.keep.sum()), "written": written, "reused": reused, "images": images,
+                  "failed": int(d.keep.sum()) - written - reused - images}
 
 
 def curate_fingerprint(cfg: ReelForgeConfig) -> str:
     """What decides if a partition is reusable: curate (less RECOMPUTE_FREE), plus the safety measure when on."""
-    base = cfg.fingerprint("curate", exclude=RECOMPUTE_FREE)
+    # image_extensions only decides which inputs there are (so which partitions), never how one is made
+    base = cfg.fingerprint("curate", exclude=RECOMPUTE_FREE + ("curate.image_extensions",))
     if not cfg.safety.enabled:
         return base  # outputs curated before the safety section existed keep resuming
     return base + "-" + cfg.fingerprint("safety", exclude=("safety.cpus", "safety.gpus", "safety.concurrency"))
@@ -265,7 +271,7 @@ def run_curate(cfg: ReelForgeConfig, source: str, output: str, progress: Callabl
         measures.safety_model()  # a missing detector fails here, with one message, before any work
     random_weights = models_at_start(cfg.curate.measures)  # refused or missing models fail before any work
     t0 = time.perf_counter()
-    uris = ingest.list_inputs(source, cfg.curate.extensions)
+    uris = ingest.list_inputs(source, cfg.curate.extensions + cfg.curate.image_extensions)
     wall = {"ingest": time.perf_counter() - t0}
     plan = tables.plan(uris, cfg.curate.partition_size)
     fingerprint = curate_fingerprint(cfg)

@@ -26,7 +26,7 @@ from pipelines import precompute
 log = logging.getLogger(__name__)
 ROW_GROUP_BYTES = 64 * 2**20  # a row group is the unit one training rank reads
 _CLIP_COLS = ["clip_id", "uri", "start_frame", "end_frame", "fps", "width", "height", "num_frames", "caption", "keep",
-              "sample_weight"]
+              "sample_weight", "media_type"]
 
 
 class PrecomputeError(ValueError):
@@ -55,8 +55,9 @@ def plan_clips(cfg: ReelForgeConfig, clips_root: str, spec=None) -> tuple[list[d
         raise PrecomputeError(f"{folder} has no caption column: run `reelforge caption` first")
     spec = spec or models_at_start(cfg)[0]
     temporal, spatial = spec.temporal, spec.spatial
-    buckets = precompute.make_buckets(p.resolutions, p.frame_counts, p.aspect_ratios,
-                                      multiple=spatial * 2, temporal=temporal)
+    buckets = {"video": precompute.make_buckets(p.resolutions, p.frame_counts, p.aspect_ratios,
+                                                multiple=spatial * 2, temporal=temporal),
+               "image": precompute.image_buckets(p.resolutions, p.aspect_ratios, multiple=spatial * 2)}
     dropped: dict[str, int] = collections.Counter()
     selected, skipped = selection.apply(table, cfg)  # selection.duplicates / selection.weights
     dropped.update(skipped)
@@ -69,8 +70,9 @@ def plan_clips(cfg: ReelForgeConfig, clips_root: str, spec=None) -> tuple[list[d
         if not (r.get("caption") or "").strip():
             dropped["no_caption"] += 1
             continue
+        kind = "image" if r.get("media_type") == "image" else "video"  # images: T = 1 buckets only
         bucket, why = precompute.assign_bucket(r["width"], r["height"], r["end_frame"] - r["start_frame"],
-                                               buckets, p.frame_stride)
+                                               buckets[kind], p.frame_stride)
         if bucket is None:
             dropped["no_bucket"] += 1
             continue

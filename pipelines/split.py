@@ -222,13 +222,20 @@ def scenes_to_clips(row: dict, cuts: list[int], end_frame: int, rate: Fraction, 
     return clips
 
 
+def image_clip(row: dict) -> dict:
+    """The one clip of a still image: frame [0, 1), no rate and no seconds (filters on them pass it)."""
+    return dict(clip_id=clip_id_for(row["video_id"], 0), video_id=row["video_id"], uri=row["uri"], start_frame=0,
+                end_frame=1, start_s=None, end_s=None, num_frames=1, fps=None, width=row["width"],
+                height=row["height"], split_method="image", media_type="image")
+
+
 # ----------------------------------------------------------------------------- the stage
 class SplitStage:
     """Split each video into clips.
 
-    Reads the ProbeStage columns (`uri`, `video_id`, `status`, `width`, `height`, ...); passes
-    every column through, one row per video; writes `clips` (a JSON list of CLIP_CORE_FIELDS
-    dicts, "[]" for failed rows), corrects `num_frames`/`duration_s` from the decode, and on a
+    Reads the ProbeStage columns (`uri`, `video_id`, `status`, `width`, `height`, `media_type`, ...);
+    passes every column through, one row per video; writes `clips` (a JSON list of CLIP_CORE_FIELDS
+    dicts, "[]" for failed rows; an image's one clip, uncut), corrects `num_frames`/`duration_s` from the decode, and on a
     split failure sets `status`="failed", `error`, `error_stage`="split", `error_type`.
     """
 
@@ -260,6 +267,8 @@ class SplitStage:
         row = dict(row, clips="[]")
         if row.get("status") != "ok":
             return row
+        if row.get("media_type") == "image":  # no scenes to find: the image is its one clip
+            return dict(row, clips=json.dumps([image_clip(row)]))
         try:
             d = detect_cuts(row["uri"], self.method, self.threshold, self.min_scene_len,
                             self.downscale, self.decode_threads, self._transnet)
@@ -269,8 +278,9 @@ class SplitStage:
             msg = str(exc) if isinstance(exc, SplitError) else f"{type(exc).__name__}: {exc}"
             return dict(row, status="failed", error=f"split failed: {msg}", error_stage="split",
                         error_type=type(exc).__name__)
-        clips = scenes_to_clips(row, d.cuts, d.end_frame, d.rate, d.width, d.height,
-                                self.method, self.min_clip_s, self.max_clip_s, self.trim_frames)
+        clips = [dict(c, media_type="video") for c in scenes_to_clips(
+            row, d.cuts, d.end_frame, d.rate, d.width, d.height, self.method, self.min_clip_s, self.max_clip_s,
+            self.trim_frames)]
         row.update(num_frames=d.num_decoded, duration_s=d.duration_s, clips=json.dumps(clips))
         return row
 

@@ -267,20 +267,31 @@ class DataPlan:
     def rows(self) -> int:
         return sum(g.rows for g in self.groups)
 
+    @property
+    def image_batch_share(self) -> float:
+        """The share of image (T=1) batches in an epoch (every rank has the same; rank 0's)."""
+        counts = self.rank_batches[0] if self.rank_batches else {}
+        return sum(n for b, n in counts.items() if is_image(b)) / max(1, sum(counts.values()))
+
     def batch_plan(self, rank: int) -> dict[str, list[int]]:
         """The sizes of this rank's batches of each bucket, in the order BucketBatcher emits them."""
         rows = self.rank_rows(rank)
         return {b: batch_sizes(n, self.rank_batches[rank][b]) for b, n in rows.items()}
 
 
-def plan_data(files: list[str], groups: list[RowGroup], world: int, batch_size_for, accum: int = 1) -> DataPlan:
+def plan_data(files: list[str], groups: list[RowGroup], world: int, batch_size_for, accum: int = 1,
+              image_ratio: float | None = None) -> DataPlan:
     """Row groups per rank (`assign`) and batches per rank and bucket: every rank gets K batches,
     K = the most any rank needs at full batch sizes, rounded up to a multiple of `accum`; a rank
-    with fewer splits some of its batches. Fails at once when a rank has fewer than K rows."""
+    with fewer splits some of its batches. Fails at once when a rank has fewer than K rows.
+    `image_ratio` (train.image_ratio) fixes the share of image (T=1) batches instead (`ratio_batches`)."""
     sizes = {b: int(batch_size_for(b)) for g in groups for b, _ in g.buckets}
     rank_groups = assign(groups, world, batch_size_for)
     plan = DataPlan(files, groups, rank_groups, [], dict(sorted(sizes.items())), accum)
     rank_rows = [plan.rank_rows(r) for r in range(world)]
+    if image_ratio is not None and mixes_images(rank_rows):
+        return DataPlan(files, groups, rank_groups, ratio_batches(rank_rows, sizes, image_ratio, accum),
+                        plan.batch_sizes, accum)
     natural = max(sum(math.ceil(n / sizes[b]) for b, n in rows.items()) for rows in rank_rows)
     k = max(1, math.ceil(natural / accum)) * accum
     for r, rows in enumerate(rank_rows):
@@ -292,3 +303,56 @@ def plan_data(files: list[str], groups: list[RowGroup], world: int, batch_size_f
                 "or precompute smaller row groups (precompute.row_group_rows)")
     return DataPlan(files, groups, rank_groups, [split_batches(rows, sizes, k) for rows in rank_rows],
                     plan.batch_sizes, accum)
+
+
+# ----------------------------------------------------------------------------- images and videos
+
+
+def is_image(bucket: str) -> bool:
+    """An image bucket: one latent frame ("1x8x8"), where precompute puts stills."""
+    return bucket.split("x", 1)[0] == "1"
+
+
+def mixes_images(rank_rows: list[dict[str, int]]) -> bool:
+    """True when the table has both image and video rows (only then does a ratio mean anything)."""
+    buckets = {b for rows in rank_rows for b in rows}
+    return any(is_image(b) for b in buckets) and not all(is_image(b) for b in buckets)
+
+
+def _natural(rows: dict[str, int], sizes: dict[str, int], image: bool) -> tuple[int, int]:
+    """(batches at full sizes, rows) of a rank's image or video buckets: the fewest and the most
+    batches those rows can make."""
+    part = {b: n for b, n in rows.items() if is_image(b) == image}
+    return sum(math.ceil(n / sizes[b]) for b, n in part.items()), sum(part.values())
+
+
+def ratio_batches(rank_rows: list[dict[str, int]], sizes: dict[str, int], ratio: float,
+                  accum: int) -> list[dict[str, int]]:
+    """Batches per bucket per rank with round(ratio * K) of each rank's K batches from image buckets.
+
+    Every row is still used once an epoch and no batch exceeds its size: the ratio is met by
+    splitting image or video batches (smaller batches), K being the smallest multiple of `accum`
+    at which every rank can; it fails, naming the key, when a rank's rows cannot make that many
+    batches (a batch needs a row)."""
+    image = [_natural(rows, sizes, True) for rows in rank_rows]
+    video = [_natural(rows, sizes, False) for rows in rank_rows]
+    if not 0 < ratio < 1:
+        raise ValueError(f"train.image_ratio={ratio}: the table has image and video rows; give a share in (0, 1) "
+                         "or leave it unset (as many image batches as the rows make)")
+    need = max(max(math.ceil(i / ratio), math.ceil(v / (1 - ratio))) for (i, _), (v, _) in zip(image, video))
+    k = max(1, math.ceil(need / accum)) * accum
+    while any(round(ratio * k) < i or k - round(ratio * k) < v for (i, _), (v, _) in zip(image, video)):
+        k += accum  # rounding left a rank short of the batches its rows need
+    n_img = round(ratio * k)
+    for r, ((_, rows_i), (_, rows_v)) in enumerate(zip(image, video)):
+        if rows_i < n_img or rows_v < k - n_img:
+            raise ValueError(
+                f"train.image_ratio={ratio}: every rank needs {n_img} image and {k - n_img} video batches an epoch, "
+                f"but rank {r} has {rows_i} image and {rows_v} video rows: bring the ratio nearer the data's mix, "
+                "or use fewer workers")
+    out = []
+    for rows in rank_rows:
+        imgs = {b: n for b, n in rows.items() if is_image(b)}
+        vids = {b: n for b, n in rows.items() if not is_image(b)}
+        out.append(dict(sorted({**split_batches(imgs, sizes, n_img), **split_batches(vids, sizes, k - n_img)}.items())))
+    return out

@@ -1,4 +1,5 @@
-"""Sampling: prompts -> latents (rectified-flow Euler with CFG) -> pixels -> mp4.
+"""Sampling: prompts -> latents (rectified-flow Euler with CFG) -> pixels -> mp4 (PNG for one frame),
+optionally conditioned on images and videos (training/conditioning.py: animate, extend, connect, edit).
 
 Checkpoint layout read by `load_checkpoint_for_sampling` (the training job writes it):
     CKPT/dit/   config.json + model.safetensors  (VideoDiT.save_pretrained of the raw weights)
@@ -11,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -36,13 +38,14 @@ def to_uint8(x: torch.Tensor) -> torch.Tensor:
 def sample_video(
     dit, vae, text_encoder, prompts: list[str], num_frames: int = 17, height: int = 256,
     width: int = 256, steps: int = 30, cfg_scale: float = 5.0, seed: int = 0, shift: float | None = None,
-    latent_norm=None,
+    latent_norm=None, condition=None,
 ) -> torch.Tensor:
     """Generate one video per prompt; returns uint8 frames (B, T, H, W, 3).
 
     num_frames must be 1 + k * (the VAE's temporal compression), height and width multiples of
     its spatial compression. The noise comes from a CPU generator seeded with `seed`, so a seed
-    gives the same video on any device (up to kernel numerics).
+    gives the same video on any device (up to kernel numerics). `condition` (a FrameCondition)
+    sets the latent frame count and the frames kept fixed (or the start of an edit).
     """
     device = next(dit.parameters()).device
     if text_encoder.dim != dit.config.text_dim:
@@ -56,13 +59,29 @@ def sample_video(
     # pooled text is their masked mean there; the encoder's own pooled (L2-normalised for MiniLM, the
     # EOT projection for open_clip) is a different vector the model never saw.
     cond = {"text_tokens": tokens.to(device), "text_mask": mask.to(device)}
-    shape = (len(prompts), dit.config.in_channels, vae.latent_frames(num_frames), height // sc, width // sc)
+    frames = condition.latent_frames if condition is not None else vae.latent_frames(num_frames)
+    shape = (len(prompts), dit.config.in_channels, frames, height // sc, width // sc)
     generator = torch.Generator("cpu").manual_seed(seed)
-    z = flow.sample(dit, shape, cond, None, steps=steps, cfg_scale=cfg_scale, generator=generator, shift=shift)
+    fixed = condition.batch(len(prompts)) if condition is not None else {}
+    z = flow.sample(dit, shape, cond, None, steps=steps, cfg_scale=cfg_scale, generator=generator, shift=shift,
+                    **fixed)
     vae_param = next(vae.parameters())
     z = (latent_norm or vae.latent_norm).denormalize(z)  # the normalisation the latents were made with, inverted
     x = vae.decode(z.to(vae_param.device, vae_param.dtype))  # (B, 3, T, H, W)
     return to_uint8(x)
+
+
+def write_png(frame, path) -> Path:
+    """One uint8 frame (H, W, 3) as a PNG (what a one-frame sample is: an image)."""
+    import cv2
+
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(np.asarray(frame, dtype=np.uint8)[..., ::-1]))
+    if not ok:
+        raise ValueError("OpenCV could not encode the frame as PNG")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.tobytes())
+    return path
 
 
 def write_mp4(frames, path, fps: float = 24, crf: int = 18) -> Path:
@@ -128,11 +147,20 @@ def local_checkpoint(ckpt: str) -> Iterator[str]:
         yield local
 
 
-def sample_to_files(cfg, ckpt_dir, prompts: list[str], out_dir, vae_spec: str | None = None,
-                    text_encoder_spec: str | None = None, device: str = "cpu") -> list[str]:
-    """Load checkpoint + VAE + text encoder, sample one mp4 per prompt into out_dir; returns the paths.
+@dataclass
+class Sampler:
+    """What sampling needs from a checkpoint: the DiT, the VAE its latents came from (and their
+    normalisation) and the text encoder."""
 
-    The checkpoint, the VAE directory and out_dir may each be local or s3://."""
+    dit: VideoDiT
+    vae: object
+    norm: object
+    text_encoder: object
+
+
+def load_sampler(cfg, ckpt_dir, vae_spec: str | None = None, text_encoder_spec: str | None = None,
+                 device: str = "cpu") -> Sampler:
+    """The checkpoint (local or s3://), its VAE and text encoder on `device` (auto, cpu or cuda)."""
     from training.models.text import build_text_encoder
     from training.models.vae import load_decoding_vae, refuse_random_models
 
@@ -145,12 +173,37 @@ def sample_to_files(cfg, ckpt_dir, prompts: list[str], out_dir, vae_spec: str | 
     for note in refuse_random_models(vae_spec, text_spec, "sample", cfg.sample.allow_random_weights):
         log.warning(note)
     vae, norm = load_decoding_vae(vae_spec, meta, device=device)  # refuses a VAE other than the latents'
-    text_encoder = build_text_encoder(text_spec)
+    return Sampler(dit, vae, norm, build_text_encoder(text_spec))
+
+
+def prepare_prompts(cfg, prompts: list[str], scores: bool = False) -> list[str]:
+    """The prompts as sampled: extended (sample.prompt_extension) and with target scores (--scores)."""
+    from training.prompt_extension import build_extender, with_scores
+
+    extend = build_extender(cfg, image=cfg.sample.num_frames == 1)
+    prompts = extend(list(prompts)) if extend else list(prompts)
+    return with_scores(cfg, prompts) if scores else prompts
+
+
+def sample_to_files(cfg, ckpt_dir, prompts: list[str], out_dir, vae_spec: str | None = None,
+                    text_encoder_spec: str | None = None, device: str = "cpu", condition=None) -> list[str]:
+    """Load checkpoint + VAE + text encoder, sample one mp4 per prompt into out_dir (a PNG when
+    sample.num_frames is 1); `condition` (a conditioning.ConditionSpec) animates, extends, connects or
+    edits. Returns the paths. The checkpoint, the VAE directory and out_dir may each be local or s3://."""
+    sampler = load_sampler(cfg, ckpt_dir, vae_spec, text_encoder_spec, device)
     s = cfg.sample
-    frames = sample_video(dit, vae, text_encoder, prompts, num_frames=s.num_frames, height=s.height,
-                          width=s.width, steps=s.steps, cfg_scale=s.cfg_scale, seed=s.seed, latent_norm=norm)
-    names = [f"sample-{s.seed}-{i:03d}.mp4" for i in range(len(frames))]
+    frame_cond = condition.build(sampler.vae, sampler.norm, s) if condition is not None and condition.active else None
+    if frame_cond is not None and frame_cond.mask is not None and not sampler.dit.config.frame_cond:
+        log.warning("%s: this checkpoint was trained without frame conditioning (train.conditioning); the given "
+                    "frames are imposed by re-noising them at every step instead", frame_cond.mode)
+    frames = sample_video(sampler.dit, sampler.vae, sampler.text_encoder, prompts, num_frames=s.num_frames,
+                          height=s.height, width=s.width, steps=s.steps, cfg_scale=s.cfg_scale, seed=s.seed,
+                          latent_norm=sampler.norm, condition=frame_cond)
+    names = [f"sample-{s.seed}-{i:03d}" + (".png" if len(video) == 1 else ".mp4") for i, video in enumerate(frames)]
     with storage.staged_dir(str(out_dir)) as local:
         for name, video in zip(names, frames):
-            write_mp4(video, Path(local) / name, fps=s.fps)
+            if len(video) == 1:
+                write_png(video[0], Path(local) / name)
+            else:
+                write_mp4(video, Path(local) / name, fps=s.fps)
     return [storage.join(str(out_dir), name) for name in names]

@@ -113,6 +113,7 @@ def _log_point(engine, meter: Meter, t, step: int, epoch: int, lr: float, device
     """Metrics over all workers since the last log point (a collective)."""
     totals = torch.tensor(meter.totals(), dtype=torch.float64, device=device)
     dist.all_reduce(totals)
+    totals /= t.sequence_parallel  # the ranks of a sequence group count the same batch (and 1/P of its work)
     grad_norm = engine.get_global_grad_norm()
     out = {"step": step, "epoch": epoch, "lr": lr, "global_batch": global_batch(t),
            "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
@@ -166,7 +167,8 @@ def _step(engine, optimizer, ema: EMA, gen, t, step: int, micro: Iterator, devic
         batch, epoch = next(micro)
         waited = time.perf_counter() - waited
         loss = zero.micro_step(engine, lambda: batch_loss(engine, batch, caption_dropout=t.caption_dropout,
-                                                          generator=gen, device=device), boundary=i == accum - 1)
+                                                          generator=gen, device=device, conditioning=t.conditioning),
+                                boundary=i == accum - 1)
         n, length, b = bucket_tokens(batch["bucket"], config.patch), batch["text_tokens"].shape[1], len(batch["clip_ids"])
         meter.add(loss.item(), b, b * n, 3 * flops_per_token(config, n, length) * n * b)
         _trace(t, rank, step, step * accum + i, epoch, batch, waited)
@@ -183,24 +185,28 @@ def train_loop_per_worker(config: dict) -> None:
     # 1. setup
     rank, world, device = _setup(t)
     prec = zero.precision(t.use_gpu, t.precision)
+    mesh = zero.sequence_mesh(t)  # sequence parallelism: the ranks of a sequence group read one batch
+    data_rank, data_world = (mesh.dp_rank, mesh.dp_size) if mesh else (rank, world)
     # 2. model + EMA: the same seed on every rank gives the same initial weights
     torch.manual_seed(t.seed)
-    model = build_dit(t.model, in_channels=meta["channels"], text_dim=meta["text_dim"])
+    model = build_dit(t.model, in_channels=meta["channels"], text_dim=meta["text_dim"],
+                      frame_cond=t.conditioning.enabled)  # conditioning frames in training: the mask input
     model.gradient_checkpointing = t.gradient_checkpointing
+    model.sequence_parallel = mesh.sequence_parallel() if mesh else None  # Ulysses attention over the group
     # 3. optimizer: a torch AdamW handed to DeepSpeed
     optimizer = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
     # [2] deepspeed.initialize: ZeRO partitions optimizer state (1), gradients (2), parameters (3)
     import deepspeed  # after _setup: DS_ACCELERATOR must be set before the import
 
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer,
-                                           config=zero.ds_config(t, world, prec))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, mpu=mesh,
+                                           config=zero.ds_config(t, data_world, prec))
     ema = EMA(zero.ema_sources(engine.module, t.zero_stage))
-    gen = torch.Generator().manual_seed(t.seed * 7919 + rank)  # noise, t and caption dropout of this rank
+    gen = torch.Generator().manual_seed(t.seed * 7919 + data_rank)  # noise, t, dropout: one per sequence group
     state = _resume(engine, ema, gen, t.zero_stage)
     start = state.get("step", 0)
     # 4. data [1]: this rank's row groups (training/plan.py), read ahead, from the micro-batch it stands at
     position = state.get("micro", start * t.grad_accum_steps)
-    micro = rank_steps(RankReader(plan, rank, t.seed, t.cache_mb, t.prefetch), plan, t, rank, position)
+    micro = rank_steps(RankReader(plan, data_rank, t.seed, t.cache_mb, t.prefetch), plan, t, data_rank, position)
     # 5. loop
     stop = min(t.steps, t.stop_at_step or t.steps)
     logger = MetricsLog(config["run_dir"], resume_step=start) if rank == 0 else None
@@ -243,20 +249,24 @@ def plan_run(cfg: ReelForgeConfig, latents_uri: str) -> tuple[DataPlan, dict]:
     patch = VDIT_PRESETS[t.model].patch if t.model in VDIT_PRESETS else (1, 2, 2)
     size_for = partial(bucket_batch_size, batch_size=t.batch_size, batch_sizes=t.batch_sizes,
                        token_budget=t.token_budget, patch=patch)
-    plan = plan_data(files, groups, t.num_workers, size_for, t.grad_accum_steps)
+    data_ranks, model = zero.data_ranks(t), VDIT_PRESETS.get(t.model)  # sequence_parallel divides the workers
+    if model is not None and model.heads % t.sequence_parallel:
+        raise ValueError(f"train.sequence_parallel={t.sequence_parallel} must divide {t.model}'s {model.heads} heads")
+    plan = plan_data(files, groups, data_ranks, size_for, t.grad_accum_steps, t.image_ratio)
     unknown = sorted(set(t.batch_sizes) - set(plan.rows_per_bucket))
     if unknown:
         log.warning("train.batch_sizes names buckets not in the data: %s", unknown)
-    log.info("train: %d rows in %d row groups of %d files; %d workers x batch %d x accumulation %d = global batch "
-             "%d; %d micro-batches (%d optimizer steps) per epoch on every worker", plan.rows, len(groups),
-             len(files), t.num_workers, t.batch_size, t.grad_accum_steps, global_batch(t),
-             plan.steps_per_epoch, plan.optimizer_steps_per_epoch)
+    log.info("train: %d rows in %d row groups of %d files; %d data ranks x batch %d x accumulation %d = global "
+             "batch %d; %d micro-batches (%d optimizer steps, %.0f%% image batches) per epoch on every worker",
+             plan.rows, len(groups), len(files), data_ranks, t.batch_size, t.grad_accum_steps,
+             global_batch(t), plan.steps_per_epoch, plan.optimizer_steps_per_epoch, 100 * plan.image_batch_share)
     return plan, {**facts, "rows": plan.rows, "buckets": plan.rows_per_bucket}
 
 
 def global_batch(t) -> int:
-    """Rows per optimizer step at the nominal batch size: workers x batch x accumulation."""
-    return t.num_workers * t.batch_size * t.grad_accum_steps
+    """Rows per optimizer step at the nominal batch size: data ranks x batch x accumulation (the ranks
+    of a sequence-parallel group share a batch)."""
+    return zero.data_ranks(t) * t.batch_size * t.grad_accum_steps
 
 
 def _check_cpus(cfg: ReelForgeConfig) -> None:
@@ -373,4 +383,5 @@ def _summary(cfg: ReelForgeConfig, result, plan: DataPlan, output: str, wall_s: 
             "rows": plan.rows, "buckets": plan.rows_per_bucket, "batch_sizes": plan.batch_sizes,
             "global_batch": global_batch(cfg.train), "grad_accum_steps": plan.accum,
             "steps_per_epoch": plan.optimizer_steps_per_epoch, "micro_batches_per_epoch": plan.steps_per_epoch,
+            "image_batch_share": round(plan.image_batch_share, 4), "sequence_parallel": cfg.train.sequence_parallel,
             "wall_s": round(wall_s, 1)}

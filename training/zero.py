@@ -60,6 +60,25 @@ def ds_config(t, world_size: int, prec: str) -> dict:
     }
 
 
+def data_ranks(t) -> int:
+    """Data-parallel ranks: the workers over train.sequence_parallel (the ranks of a sequence group
+    share one batch)."""
+    if t.num_workers % t.sequence_parallel:
+        raise ValueError(f"train.sequence_parallel={t.sequence_parallel} must divide train.num_workers={t.num_workers}")
+    return t.num_workers // t.sequence_parallel
+
+
+def sequence_mesh(t):
+    """The workers as a (data, sequence) grid when train.sequence_parallel > 1 (a collective: every
+    rank builds it), else None. It is DeepSpeed's mpu: ZeRO sums gradients over a sequence group and
+    averages them over the data ranks."""
+    if t.sequence_parallel == 1:
+        return None
+    from training.models.parallel import SequenceMesh
+
+    return SequenceMesh(t.sequence_parallel)
+
+
 def micro_step(engine, loss_fn, boundary: bool) -> torch.Tensor:
     """Forward (loss_fn), backward and engine.step() of one micro-batch; the optimizer steps (and
     clips, and reduces ZeRO's gradients) only when `boundary`, the last micro-batch of a step.

@@ -90,6 +90,7 @@ class MaterializeConfig(_Section):
 class CurateConfig(_Section):
     extensions: list[str] = [".mp4", ".mov", ".mkv", ".webm", ".avi", ".m4v", ".mpg", ".mpeg",
                              ".ts", ".flv", ".wmv", ".3gp"]
+    image_extensions: list[str] = [".jpg", ".jpeg", ".png", ".webp"]  # 1-frame clips, media_type "image"
     partition_size: int = Field(16, ge=1, description="videos per output partition (unit of resume)")
     decode_timeout_s: float = Field(600.0, gt=0, description="per-video limit for probe and split")
     split_method: Literal["content", "adaptive", "threshold", "transnetv2"] = "content"
@@ -113,3 +114,11 @@ class CurateConfig(_Section):
     dedup: DedupConfig = DedupConfig()
     materialize: MaterializeConfig = MaterializeConfig()
     report: bool = True  # write DST/report/ at the end of the job
+
+    @model_validator(mode="after")
+    def _readable_images(self) -> CurateConfig:
+        # the formats infra.video decodes as stills (OpenCV, no extra package)
+        unknown = sorted({e.lower() for e in self.image_extensions} - {".jpg", ".jpeg", ".png", ".webp", ".bmp"})
+        if unknown:
+            raise ValueError(f"image_extensions {unknown}: images are read as .jpg, .jpeg, .png, .webp or .bmp")
+        return self

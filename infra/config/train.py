@@ -30,6 +30,31 @@ class VaeTrainConfig(_Section):
     seed: int = 0
 
 
+class ConditioningConfig(_Section):
+    """train.conditioning: the chance that a batch item gets clean latent frames as conditioning
+    (Open-Sora 1.2's mask strategies); the rest stay text-to-video (the default: all 0)."""
+
+    i2v: float = Field(0.0, ge=0, le=1, description="the first frame (image-to-video)")
+    extend: float = Field(0.0, ge=0, le=1, description="the first k frames (extension forwards)")
+    backward: float = Field(0.0, ge=0, le=1, description="the last k frames (extension backwards)")
+    connect: float = Field(0.0, ge=0, le=1, description="the first and last frames (connecting, interpolation)")
+    extend_frames: int = Field(1, ge=1, description="k is drawn uniformly in 1..extend_frames (latent frames)")
+
+    @model_validator(mode="after")
+    def _at_most_one(self) -> ConditioningConfig:
+        total = self.i2v + self.extend + self.backward + self.connect
+        if total > 1 + 1e-9:
+            raise ValueError(f"the probabilities add up to {total:g}, more than 1")
+        return self
+
+    def probs(self) -> dict[str, float]:
+        return {"i2v": self.i2v, "extend": self.extend, "backward": self.backward, "connect": self.connect}
+
+    @property
+    def enabled(self) -> bool:
+        return any(self.probs().values())
+
+
 class TrainConfig(_Section):
     """train: the DiT job (Ray Train + DeepSpeed ZeRO); see README "Training"."""
 
@@ -45,6 +70,11 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, gt=0)
     ema_decay: float = Field(0.9999, ge=0, le=1, description="capped by (1+step)/(10+step) early on")
     caption_dropout: float = Field(0.1, ge=0, le=1)
+    conditioning: ConditioningConfig = ConditioningConfig()  # any p > 0 builds the DiT with frame_cond
+    image_ratio: float | None = Field(None, ge=0, le=1, description="share of image (T=1) batches; None: as "
+                                      "many as the data has")
+    sequence_parallel: int = Field(1, ge=1, description="Ulysses: ranks that split one batch's tokens "
+                                   "(divides num_workers and the model's heads)")
     gradient_checkpointing: bool = False
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on GPU, fp32 on CPU
     # data: batches never mix buckets; sizes are per worker
@@ -100,6 +130,13 @@ class SampleConfig(_Section):
     height: int = Field(64, ge=8)
     width: int = Field(64, ge=8)
     fps: int = Field(8, ge=1)
+    # prompt extension: "world" (the synthetic world's caption template) or a causal LM by name or path,
+    # prompted with `prompt_shots` real captions from the captions table `prompt_examples`
+    prompt_extension: str | None = None
+    prompt_examples: str | None = None  # a caption/curate output root or a latents root: its `caption` column
+    prompt_shots: int = Field(4, ge=1)
+    prompt_max_new_tokens: int = Field(60, ge=1)
+    target_scores: dict[str, float] = {}  # `--scores`: appended as caption.score_suffix appended them in training
     seed: int = 0
 
 

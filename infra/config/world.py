@@ -15,6 +15,8 @@ class WorldConfig(_Section):
     seed: int = 0
     videos: int = Field(150, ge=1, description="training files (DIR/train/): ~440 scenes, what train-captioner needs")
     eval_videos: int = Field(30, ge=0, description="eval files (DIR/eval/): only held-out combos when holdout is set")
+    images: int = Field(0, ge=0, description="still images in DIR/train/ (image-0000.png + .json): one-frame clips")
+    image_format: Literal["png", "jpg", "webp"] = "png"
     scenes: list[int] = [2, 4]  # scenes per file: min, max
     frames: list[int] = [16, 32]  # frames per scene: min, max
     sizes: list[str] = ["64x64"]  # WxH, one picked per file

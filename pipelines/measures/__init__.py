@@ -39,7 +39,7 @@ def unpack_frames(data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
 class MeasureStage:
     """Run measures on video rows.
 
-    Reads `status`, `clips` (JSON list of clip dicts) and `frames` (pack_frames bytes); passes
+    Reads `status`, `media_type`, `clips` (JSON list of clip dicts) and `frames` (pack_frames bytes); passes
     every column through and adds each measure's values to every clip dict in `clips`. A measure
     that raises fails its video row (`status`="failed", `error`, `error_stage`="measure:<name>",
     `error_type`), so one bad video never stops a batch.
@@ -62,7 +62,10 @@ class MeasureStage:
         if row.get("status") != "ok" or not clips or not row.get("frames"):
             return row
         anchors, nexts = unpack_frames(row["frames"])
+        image = row.get("media_type") == "image"
         for m in self.measures:
+            if image and getattr(m, "video_only", False):
+                continue  # motion: an image has none (its columns stay null, so motion filters pass it)
             try:
                 values = m.measure(anchors, nexts)
             except TimeoutError:

@@ -20,6 +20,7 @@ class MotionMeasure:
     """`motion`: px/frame at the measure size, averaged over a clip's K frame pairs; `static`: motion < static_motion."""
 
     name = "motion"
+    video_only = True  # MeasureStage skips it for images
 
     def __init__(self, static_motion: float = 0.05):
         self.static_motion = float(static_motion)

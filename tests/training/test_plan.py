@@ -176,3 +176,38 @@ def test_contiguous_blocks_balance_weights():
     assert blocks[0][0] == 0 and blocks[-1][1] == 10 and all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
     assert sorted(e - s for s, e in blocks) == [2, 2, 3, 3]
     assert contiguous_blocks([5], 3) == [(0, 0), (0, 1), (1, 1)]
+
+
+@pytest.mark.parametrize("ratio", [0.25, 0.6])
+def test_image_ratio_sets_the_share_of_image_batches_on_every_rank(tmp_path, ratio):
+    # 2 ranks, 24 stills (1x8x8) beside 40 clips: at full batches the mix would be 3 image batches of 8
+    root = write_synthetic_latents(str(tmp_path / "pre"), {"1x8x8": 24, "3x8x8": 40}, rows_per_file=8, row_group_rows=4)
+    cfg = load_config(None, ["train.num_workers=2", "train.batch_size=4", f"train.image_ratio={ratio}"])
+    plan, _ = plan_run(cfg, root)
+    spe = plan.steps_per_epoch
+    for rank in range(2):
+        steps = _epochs(plan, cfg.train, rank, 1)
+        images = sum(batch["bucket"] == "1x8x8" for batch, _ in steps)
+        assert len(steps) == spe and images == round(ratio * spe)  # the same counts on both ranks
+        assert max(len(b["clip_ids"]) for b, _ in steps) <= 4  # the ratio splits batches, never grows them
+        ids = [c for batch, _ in steps for c in batch["clip_ids"]]
+        assert len(ids) == len(set(ids)) == sum(plan.rank_rows(rank).values())  # every row once
+    assert abs(plan.image_batch_share - ratio) < 0.1
+
+
+def test_an_image_ratio_the_rows_cannot_make_fails_naming_the_key(tmp_path):
+    root = write_synthetic_latents(str(tmp_path / "pre"), {"1x8x8": 8, "3x8x8": 64}, rows_per_file=8, row_group_rows=4)
+    with pytest.raises(ValueError, match=r"train.image_ratio=0.9.*rank \d has 4 image"):
+        plan_run(load_config(None, ["train.num_workers=2", "train.batch_size=4", "train.image_ratio=0.9"]), root)
+
+
+def test_sequence_parallel_ranks_plan_per_data_rank(tmp_path):
+    root = write_synthetic_latents(str(tmp_path / "pre"), {"3x8x8": 32}, rows_per_file=8, row_group_rows=4)
+    cfg = load_config(None, ["train.num_workers=4", "train.sequence_parallel=2", "train.batch_size=4",
+                             "train.model=VDiT-XS/2"])
+    plan, _ = plan_run(cfg, root)
+    assert len(plan.rank_groups) == 2 and plan.steps_per_epoch == 4  # 2 data ranks of 16 rows
+    for workers, sp, message in ((4, 3, "must divide train.num_workers=4"), (8, 8, "must divide VDiT-XS/2's 4 heads")):
+        with pytest.raises(ValueError, match=message):
+            plan_run(load_config(None, [f"train.num_workers={workers}", f"train.sequence_parallel={sp}",
+                                        "train.model=VDiT-XS/2"]), root)

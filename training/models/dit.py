@@ -3,7 +3,9 @@
 After facebookresearch/DiT `models.py`, extended to video: Conv3d patch embedding over latents
 (B, C, T, H, W), 3D rotary position embedding computed from the actual patch grid (so any
 T x H x W works, images being T=1), adaLN-Zero on the timestep plus pooled text, self-attention
-over all spacetime tokens, cross-attention to caption tokens with a padding mask.
+over all spacetime tokens, cross-attention to caption tokens with a padding mask. Optional: a
+per-frame conditioning mask (clean frames for image-to-video, extension, connecting; `frame_cond`)
+and Ulysses sequence parallelism over a process group (training/models/parallel.py).
 
 Presets (VDIT_PRESETS) follow DiT's sizes; parameters at in_channels=16, text_dim=768:
 VDiT-S/2 40.5M, VDiT-B/2 160.3M, VDiT-L/2 561.4M, VDiT-XL/2 827.0M (VDiT-T/2, for tests, 0.063M;
@@ -21,6 +23,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
+from training.models import parallel
+from training.models.flops import flops_per_token, num_params  # noqa: F401  (re-exported: their old home)
 from training.models.io import PretrainedMixin, from_preset
 
 
@@ -37,6 +41,9 @@ class VideoDiTConfig:
     mlp_ratio: float = 4.0
     qk_norm: bool = True  # RMSNorm on q and k keeps attention logits bounded in bf16
     rope_theta: float = 10000.0
+    # Frame conditioning (image-to-video, extension, connecting): clean latent frames given as input,
+    # marked by a per-frame mask; their tokens get a learned embedding and the t = 0 modulation.
+    frame_cond: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "patch", tuple(int(p) for p in self.patch))
@@ -138,6 +145,16 @@ def modulate(x, shift, scale):
     return x * (1 + scale) + shift
 
 
+def token_modulation(ada_ln: nn.Module, c, frames=None):
+    """adaLN parameters (B, 1, k*D) of c; with frames = (c0, token_mask), the tokens of conditioning
+    frames take those of c0 (t = 0: they are clean) instead -> (B, N, k*D)."""
+    mod = ada_ln(c)[:, None]
+    if frames is None:
+        return mod
+    c0, tokens = frames
+    return torch.where(tokens[..., None], ada_ln(c0)[:, None], mod)
+
+
 class SelfAttention(nn.Module):
     def __init__(self, hidden: int, heads: int, qk_norm: bool):
         super().__init__()
@@ -147,11 +164,14 @@ class SelfAttention(nn.Module):
         self.k_norm = nn.RMSNorm(hidden // heads, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(hidden, hidden)
 
-    def forward(self, x, rope):
+    def forward(self, x, rope, seq=None):
         qkv = rearrange(self.qkv(x), "b n (k h d) -> k b h n d", k=3, h=self.heads)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, hd)
+        q, k, v = qkv.unbind(0)  # each (B, heads, N, hd); N/P local tokens under sequence parallelism
         q, k = apply_rope(self.q_norm(q), *rope), apply_rope(self.k_norm(k), *rope)
-        x = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, hd)
+        if seq is None:
+            x = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, hd)
+        else:  # seq = (SequenceParallel, real token count): all-to-all over heads (Ulysses)
+            x = parallel.ulysses_attention(q, k, v, *seq)  # (B, heads, N/P, hd)
         return self.proj(rearrange(x, "b h n d -> b n (h d)"))  # (B, N, D)
 
 
@@ -201,10 +221,10 @@ class VideoDiTBlock(nn.Module):
         self.mlp = Mlp(hidden, int(hidden * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 6 * hidden))
 
-    def forward(self, x, c, ctx, ctx_mask, rope):
-        mod = self.adaLN_modulation(c)[:, None]  # (B, 1, 6D)
+    def forward(self, x, c, ctx, ctx_mask, rope, frames=None, seq=None):
+        mod = token_modulation(self.adaLN_modulation, c, frames)  # (B, 1 or N, 6D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=-1)
-        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope)
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope, seq)
         x = x + self.cross_attn(self.norm2(x), ctx, ctx_mask)
         x = x + gate_mlp * self.mlp(modulate(self.norm3(x), shift_mlp, scale_mlp))
         return x  # (B, N, D)
@@ -222,8 +242,8 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(hidden, patch_volume * out_channels)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden, 2 * hidden))
 
-    def forward(self, x, c):
-        shift, scale = self.adaLN_modulation(c)[:, None].chunk(2, dim=-1)  # each (B, 1, D)
+    def forward(self, x, c, frames=None):
+        shift, scale = token_modulation(self.adaLN_modulation, c, frames).chunk(2, dim=-1)  # each (B, 1|N, D)
         return self.linear(modulate(self.norm_final(x), shift, scale))  # (B, N, pt*ph*pw*C)
 
 
@@ -251,6 +271,9 @@ class VideoDiT(PretrainedMixin, nn.Module):
             [VideoDiTBlock(c.hidden, c.heads, c.mlp_ratio, c.qk_norm) for _ in range(c.depth)]
         )
         self.final_layer = FinalLayer(c.hidden, math.prod(c.patch), c.in_channels)
+        if c.frame_cond:  # added to the tokens of the clean conditioning frames
+            self.cond_embed = nn.Parameter(torch.zeros(c.hidden))
+        self.sequence_parallel: parallel.SequenceParallel | None = None  # set by training (Ulysses)
         self.initialize_weights()
 
     def initialize_weights(self):
@@ -277,6 +300,8 @@ class VideoDiT(PretrainedMixin, nn.Module):
         nn.init.zeros_(self.final_layer.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.config.frame_cond:
+            nn.init.normal_(self.cond_embed, std=0.02)
 
     def _pad_to_patch(self, x):
         """Zero-pad T, H, W at the end up to multiples of the patch; the output is cropped back."""
@@ -285,37 +310,64 @@ class VideoDiT(PretrainedMixin, nn.Module):
             x = F.pad(x, (0, pads[2], 0, pads[1], 0, pads[0]))
         return x
 
-    def forward(self, x, t, text_tokens, text_mask=None, text_pooled=None):
+    def _frame_tokens(self, frame_mask, grid) -> torch.Tensor:
+        """Per-frame mask (B, T) -> per-token (B, N): a token is conditioning when all its frames are."""
+        pt = self.config.patch[0]
+        m = F.pad(frame_mask.bool(), (0, grid[0] * pt - frame_mask.shape[1]), value=False)
+        m = rearrange(m, "b (t p) -> b t p", p=pt).all(-1)  # (B, T')
+        return m[:, :, None].expand(-1, -1, grid[1] * grid[2]).reshape(m.shape[0], -1)  # (B, N)
+
+    def _text(self, text_tokens, text_mask, text_pooled, dtype):
+        """Padded tokens zeroed (whatever a collator left there cannot leak: 0 * inf = nan) and the
+        pooled vector (the masked mean of the tokens when not given)."""
+        text_mask = text_mask.bool()
+        text_tokens = text_tokens.to(dtype).masked_fill(~text_mask[..., None], 0.0)
+        if text_pooled is None:
+            denom = text_mask.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
+            text_pooled = text_tokens.sum(1) / denom.to(text_tokens.dtype)  # (B, Dtext)
+        return text_tokens, text_mask, text_pooled.to(dtype)
+
+    def forward(self, x, t, text_tokens, text_mask=None, text_pooled=None, frame_mask=None):
         """x (B, C, T, H, W), t (B,) in [0, 1], text_tokens (B, L, Dtext), text_mask (B, L) bool
-        with True = real token, text_pooled (B, Dtext) or None (masked mean of the tokens)."""
+        with True = real token, text_pooled (B, Dtext) or None (masked mean of the tokens),
+        frame_mask (B, T) bool or None: True = a clean conditioning frame (needs config.frame_cond)."""
         B, C, T, H, W = x.shape
         if t.ndim == 0:
             t = t.expand(B)
         if text_mask is None:
             text_mask = torch.ones(text_tokens.shape[:2], dtype=torch.bool, device=x.device)
-        text_mask = text_mask.bool()
-        # Zero padded tokens so that whatever a collator left there cannot leak (0 * inf = nan).
         dtype = self.x_embedder.proj.weight.dtype  # float32 text into a bf16 model is fine
-        text_tokens = text_tokens.to(dtype).masked_fill(~text_mask[..., None], 0.0)
-        if text_pooled is not None:
-            text_pooled = text_pooled.to(dtype)
+        text_tokens, text_mask, text_pooled = self._text(text_tokens, text_mask, text_pooled, dtype)
         # 1. patchify
         x, grid = self.x_embedder(self._pad_to_patch(x.to(dtype)))  # (B, N, D), N = T'*H'*W'
         rope = rope_3d(grid, self.config.hidden // self.config.heads, self.config.rope_theta, x.device)
-        # 2. conditioning: timestep + pooled text -> c, caption tokens -> ctx
-        if text_pooled is None:
-            denom = text_mask.sum(1, keepdim=True).clamp(min=1)  # (B, 1)
-            text_pooled = text_tokens.sum(1) / denom.to(text_tokens.dtype)  # (B, Dtext)
-        c = self.t_embedder(t) + self.pooled_embedder(text_pooled)  # (B, D)
+        # 2. conditioning: timestep + pooled text -> c, caption tokens -> ctx, conditioning frames
+        pooled = self.pooled_embedder(text_pooled)  # (B, D)
+        c = self.t_embedder(t) + pooled  # (B, D)
         ctx = self.text_embedder(text_tokens)  # (B, L, D)
-        # 3. transformer blocks
+        frames, given = None, frame_mask is not None and bool(frame_mask.any())
+        if given and not self.config.frame_cond:
+            raise ValueError("this VideoDiT was built without frame conditioning (frame_cond=False)")
+        if self.config.frame_cond:  # always in the graph: every rank's gradients then cover the same parameters
+            tokens = self._frame_tokens(frame_mask.to(x.device), grid) if given else x.new_zeros(x.shape[:2], dtype=torch.bool)
+            x = x + tokens[..., None].to(dtype) * self.cond_embed  # (B, N, D)
+            frames = (self.t_embedder(torch.zeros_like(t)) + pooled, tokens) if given else None
+        # 3. sequence parallelism (Ulysses): this rank keeps N/P tokens, with their global positions
+        sp, n_real, seq = self.sequence_parallel, x.shape[1], None
+        if sp is not None and sp.size > 1:
+            x, rope = parallel.shard(x, sp), tuple(parallel.shard(r, sp, dim=0) for r in rope)
+            frames = frames and (frames[0], parallel.shard(frames[1], sp))
+            seq = (sp, n_real)
+        # 4. transformer blocks
         for block in self.blocks:
             if self.gradient_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, c, ctx, text_mask, rope, use_reentrant=False)
+                x = checkpoint(block, x, c, ctx, text_mask, rope, frames, seq, use_reentrant=False)
             else:
-                x = block(x, c, ctx, text_mask, rope)  # (B, N, D)
-        # 4. final layer + unpatchify
-        x = self.final_layer(x, c)  # (B, N, pt*ph*pw*C)
+                x = block(x, c, ctx, text_mask, rope, frames, seq)  # (B, N, D)
+        # 5. final layer + unpatchify
+        x = self.final_layer(x, c, frames)  # (B, N, pt*ph*pw*C)
+        if seq is not None:
+            x = parallel.gather_tokens(x, sp, n_real)  # (B, N, pt*ph*pw*C) on every rank
         pt, ph, pw = self.config.patch
         x = rearrange(
             x, "b (t h w) (pt ph pw c) -> b c (t pt) (h ph) (w pw)",
@@ -343,27 +395,3 @@ VDIT_PRESETS = {
 def build_dit(preset_or_config: str | VideoDiTConfig, **overrides) -> VideoDiT:
     """A VideoDiT from a preset name or a config, with fields overridden (e.g. text_dim=384)."""
     return from_preset(VideoDiT, VDIT_PRESETS, preset_or_config, "preset", **overrides)
-
-
-def num_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-def flops_per_token(config: VideoDiTConfig, num_tokens: int, text_len: int) -> float:
-    """Forward FLOPs per video token (multiply-add = 2), attention included.
-
-    Training costs about 3x this (forward + backward), so MFU = 3 * flops_per_token * tokens/s
-    / peak. Per-sample work (adaLN, text projections) is spread over the num_tokens tokens.
-    """
-    D, N, L, depth = config.hidden, num_tokens, text_len, config.depth
-    mlp_hidden = int(D * config.mlp_ratio)
-    patch_dim = math.prod(config.patch) * config.in_channels
-    self_attn = 2 * 4 * D * D + 2 * 2 * N * D  # qkv + out projections, QK^T and AV
-    cross_attn = 2 * 2 * D * D + 2 * 2 * L * D + 2 * 2 * D * D * L / N  # q + out, attn, k/v of text
-    mlp = 2 * 2 * D * mlp_hidden
-    ada_ln = 2 * 6 * D * D / N
-    per_block = self_attn + cross_attn + mlp + ada_ln
-    embed = 2 * patch_dim * D + 2 * D * patch_dim + 2 * 2 * D * D / N  # patch in/out, final adaLN
-    text = 2 * (config.text_dim * D + D * D) * (L + 1) / N  # token and pooled projections
-    timestep = 2 * (256 * D + D * D) / N
-    return depth * per_block + embed + text + timestep
