@@ -5,7 +5,9 @@
   the generated frames (the conditioning frame left out) against the still's;
 - extension: the first 1 + tc frames of each held-out eval clip (two latent frames) extended by
   one latent frame with a prompt that names no direction ("a red square on a gray background");
-  the direction of the generated frames only against the clip's;
+  the direction of the generated frames only (the tc pixel frames of the new latent frame) against
+  the clip's; beside it the checker on the clip's real next frames (`real`) and on them after the
+  VAE's round trip (`vae_round_trip`, the ceiling the VAE leaves the DiT);
   (`extension_seen`: the same on training clips, whose colour-direction pairs the model saw);
 - images: one-frame samples of "a {colour} {shape} on a {background} background" prompts; their
   colour and shape against the prompt's.
@@ -62,27 +64,55 @@ def image_to_video(cfg, sampler, prompts: list[dict]) -> dict:
             "videos": videos}
 
 
-def extension(cfg, sampler, clips: list[dict], seed: int = 0) -> dict:
+def _clips_to_extend(cfg, sampler, clips: list[dict]) -> tuple[list, list[str], list[dict], list[np.ndarray]]:
+    """(conditions, prompts, truths, real frames) of the clips with a whole 3-latent-frame window: the
+    condition is the window's first 1 + tc frames (two latent frames, as training's extend with k = 2
+    places them: latent frames 0..1 clean under the mask), the prompt names no direction."""
     from infra.video import sample_frames
     from infra.world import caption_text
 
-    w, s, vae = cfg.world, cfg.sample, sampler.vae
-    tc = vae.temporal_compression
-    conds, prompts, kept = [], [], []
+    s, vae = cfg.sample, sampler.vae
+    window = conditioning.pixel_frames(vae, 3)
+    conds, prompts, truths, reals = [], [], [], []
     for c in clips:
         frames = sample_frames(c["uri"], start_frame=c["start_frame"], end_frame=c["end_frame"], source_fps=c["fps"],
                                fps=c["fps"], size=(s.height, s.width), crop=True)
-        if len(frames) < 1 + tc:
+        if len(frames) < window:
             continue
-        z = conditioning.encode(vae, sampler.norm, frames[: 1 + tc])  # two latent frames
+        z = conditioning.encode(vae, sampler.norm, frames[: 1 + vae.temporal_compression])  # two latent frames
         conds.append(FrameCondition(*conditioning.placed(z, z.shape[2] + 1, at_end=False), mode="extend"))
         prompts.append(caption_text({**c["attributes"], "direction": None}))  # the text names no direction
-        kept.append(c)
-    frames_out = conditioning.pixel_frames(vae, 3)
-    videos = _run(sampler, prompts, conds, s, frames_out, seed)
-    checks = [check_video(v[1 + tc:], w.colors, w.shape_colors) for v in videos]  # the new frames only
-    truth = [{"direction": c["attributes"]["direction"], "color": c["attributes"]["color"]} for c in kept]
-    return {"clips": len(kept), "accuracy": score(checks, truth, keys=("direction", "color")), "videos": videos}
+        truths.append({"direction": c["attributes"]["direction"], "color": c["attributes"]["color"]})
+        reals.append(frames[:window])
+    return conds, prompts, truths, reals
+
+
+def round_trip(vae, norm, frames: np.ndarray) -> np.ndarray:
+    """uint8 frames (T, H, W, 3) encoded and decoded by the checkpoint's VAE (what the DiT can at best give)."""
+    from training.sample import to_uint8
+
+    z = (norm or vae.latent_norm).denormalize(conditioning.encode(vae, norm, frames))
+    p = next(vae.parameters())
+    return to_uint8(vae.decode(z.to(p.device, p.dtype)))[0].numpy()
+
+
+def new_frames_score(videos, truths: list[dict], tc: int, world) -> dict:
+    """Direction and colour of the frames after the given 1 + tc (the new latent frame's tc frames)."""
+    checks = [check_video(v[1 + tc:], world.colors, world.shape_colors) for v in videos]
+    return score(checks, truths, keys=("direction", "color"))
+
+
+def extension(cfg, sampler, clips: list[dict], seed: int = 0) -> dict:
+    """`accuracy` of the generated frames; beside it the same checker on the clip's real continuation
+    (`real`: 1.0 when the motion is measurable in tc frames) and on that continuation after the VAE's
+    round trip (`vae_round_trip`: the most the DiT can score through this VAE)."""
+    w, tc = cfg.world, sampler.vae.temporal_compression
+    conds, prompts, truths, reals = _clips_to_extend(cfg, sampler, clips)
+    videos = _run(sampler, prompts, conds, cfg.sample, conditioning.pixel_frames(sampler.vae, 3), seed)
+    return {"clips": len(truths), "accuracy": new_frames_score(videos, truths, tc, w),
+            "real": new_frames_score(reals, truths, tc, w),
+            "vae_round_trip": new_frames_score([round_trip(sampler.vae, sampler.norm, r) for r in reals], truths, tc, w),
+            "videos": videos}
 
 
 def images(cfg, sampler, n: int | None = None) -> dict:

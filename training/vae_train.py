@@ -96,13 +96,15 @@ def estimate_scaling_factor(vae, videos: Iterable[torch.Tensor], max_batches: in
 
 def clip_videos(clips_uri: str, vc) -> tuple[list[torch.Tensor], list[str]]:
     """Pixels (3, T, H, W) in [-1, 1] of the kept clips of a curate output (or its clips/ folder),
-    T = vc.num_frames spread over each clip; returns (videos, errors of clips that did not decode)."""
+    T = vc.num_frames spread over each clip (stills only with train.vae.images); returns (videos, errors of
+    clips that did not decode)."""
     from infra.video import sample_frames
     from infra import storage
 
     root = clips_uri.rstrip("/")
     table = storage.read_table(root if root.endswith("clips") else storage.join(root, "clips"))
-    rows = sorted((r for r in table.to_pylist() if r.get("keep") is not False), key=lambda r: r["clip_id"])
+    rows = sorted((r for r in table.to_pylist() if r.get("keep") is not False
+                   and (vc.images or r.get("media_type", "video") != "image")), key=lambda r: r["clip_id"])
     videos, errors = [], []
     for r in rows[: vc.max_clips]:
         try:

@@ -25,6 +25,9 @@ class VaeTrainConfig(_Section):
     recon_loss: Literal["l1", "mse"] = "l1"
     grad_clip: float = Field(1.0, gt=0)
     max_clips: int | None = Field(None, ge=1, description="decode at most this many clips")
+    # A still is read as one frame repeated num_frames times: a clip where nothing moves. False trains on
+    # the video clips only (a causal VAE encodes an image as a video's frame 0 alone, which every video has).
+    images: bool = True
     log_every: int = Field(10, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0

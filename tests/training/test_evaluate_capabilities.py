@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import torch
 
 from infra.config import load_config
 from infra.world import write_world
-from training.evaluate_capabilities import score_capabilities
+from training.evaluate_capabilities import new_frames_score, score_capabilities
 from training.models.dit import build_dit
 
 SETS = ["world.videos=3", "world.eval_videos=2", "world.images=2", "world.sizes=['32x32']", "world.frames=[10, 12]",
@@ -28,8 +29,28 @@ def test_score_capabilities_on_a_tiny_world(tmp_path):
     assert set(report) == {"image_to_video", "extension", "extension_seen", "images"}
     assert report["image_to_video"]["accuracy"]["n"] == report["image_to_video"]["prompts"] >= 1
     assert report["extension"]["clips"] == 2 and report["extension_seen"]["clips"] >= 1
+    # the checker on the clips' real next frames reads their direction and colour: the score is measurable
+    assert report["extension"]["real"] == {"n": 2, "direction": 1.0, "color": 1.0}
+    assert 0 <= report["extension"]["vae_round_trip"]["direction"] <= 1
     assert report["images"]["accuracy"]["n"] == report["images"]["prompts"] > 0
     for part in report.values():
         assert all(0 <= v <= 1 for k, v in part["accuracy"].items() if k != "n")
     assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir())[0] == "000.png"
     assert len(list((tmp_path / "out" / "extension").glob("*.mp4"))) == 2
+
+
+def _square_track(xs: list[int]) -> np.ndarray:
+    """A red 8x8 square on gray at x = xs[t] (32x32 frames)."""
+    frames = np.full((len(xs), 32, 32, 3), 128, np.uint8)
+    for t, x in enumerate(xs):
+        frames[t, 12:20, x:x + 8] = (220, 30, 30)
+    return frames
+
+
+def test_extension_scores_the_new_frames_only():
+    """Given frames 0..4 go right, the new ones 5..8 go left: the score reads left (the new latent frame's)."""
+    cfg = load_config(None, [])
+    video = _square_track([4, 6, 8, 10, 12, 11, 9, 7, 5])
+    got = new_frames_score([video], [{"direction": "left", "color": "red"}], 4, cfg.world)
+    assert got == {"n": 1, "direction": 1.0, "color": 1.0}
+    assert new_frames_score([video], [{"direction": "right", "color": "red"}], 4, cfg.world)["direction"] == 0.0

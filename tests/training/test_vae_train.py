@@ -42,3 +42,23 @@ def test_train_cli_names_a_missing_latents_table(tmp_path, cli_env):
     res = subprocess.run([sys.executable, "-m", "infra.cli", "train", "--latents", str(tmp_path / "nope"),
                           "--output", str(tmp_path / "run")], capture_output=True, text=True, cwd=ROOT, env=cli_env)
     assert res.returncode == 2 and "no Parquet files" in res.stderr
+
+
+def test_train_vae_images_false_trains_on_the_video_clips_only(tmp_path):
+    """A still is read as one frame repeated (a clip where nothing moves): train.vae.images=false leaves it out."""
+    from infra.videogen import Scene, write_image, write_video
+    from training.vae_train import clip_videos
+
+    write_video(tmp_path / "v.mp4", [Scene(12)], fps=8, width=32, height=32)
+    write_image(tmp_path / "s.png", Scene(1, kind="static"), width=32, height=32)
+    base = {"start_frame": 0, "split_method": "content", "keep": True, "width": 32, "height": 32}
+    rows = [{**base, "clip_id": "v-0000000", "video_id": "v", "uri": str(tmp_path / "v.mp4"), "end_frame": 12,
+             "start_s": 0.0, "end_s": 1.5, "num_frames": 12, "fps": 8.0, "media_type": "video"},
+            {**base, "clip_id": "s-0000000", "video_id": "s", "uri": str(tmp_path / "s.png"), "end_frame": 1,
+             "num_frames": 1, "media_type": "image"}]
+    storage.write_table(table_from_rows(rows, CLIPS_SCHEMA), str(tmp_path / "clips" / "part-00000.parquet"))
+    sets = ["train.vae.num_frames=9", "train.vae.height=32", "train.vae.width=32"]
+    both, _ = clip_videos(str(tmp_path), load_config(None, sets).train.vae)
+    videos, _ = clip_videos(str(tmp_path), load_config(None, sets + ["train.vae.images=false"]).train.vae)
+    assert len(both) == 2 and len(videos) == 1
+    assert videos[0].shape == (3, 9, 32, 32) and (videos[0][:, 1:] != videos[0][:, :1]).any()  # the moving one
