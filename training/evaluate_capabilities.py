@@ -4,7 +4,7 @@
   as PNG and read back through `--image`'s path) animated with the prompt; the colour and shape of
   the generated frames (the conditioning frame left out) against the still's;
 - extension: the first 1 + tc frames of each held-out eval clip (two latent frames) extended by
-  one latent frame with a prompt that names no direction ("a red square on a gray background");
+  one latent frame with the clip's caption (`frames_only`: with the null text, cfg_scale 0);
   the direction of the generated frames only (the tc pixel frames of the new latent frame) against
   the clip's; beside it the checker on the clip's real next frames (`real`) and on them after the
   VAE's round trip (`vae_round_trip`, the ceiling the VAE leaves the DiT);
@@ -67,7 +67,9 @@ def image_to_video(cfg, sampler, prompts: list[dict]) -> dict:
 def _clips_to_extend(cfg, sampler, clips: list[dict]) -> tuple[list, list[str], list[dict], list[np.ndarray]]:
     """(conditions, prompts, truths, real frames) of the clips with a whole 3-latent-frame window: the
     condition is the window's first 1 + tc frames (two latent frames, as training's extend with k = 2
-    places them: latent frames 0..1 clean under the mask), the prompt names no direction."""
+    places them: latent frames 0..1 clean under the mask), the prompt the clip's caption (as training's
+    extend items have theirs; a caption without "moves ..." is a still's caption, which the joint
+    image+video model draws still)."""
     from infra.video import sample_frames
     from infra.world import caption_text
 
@@ -81,7 +83,7 @@ def _clips_to_extend(cfg, sampler, clips: list[dict]) -> tuple[list, list[str], 
             continue
         z = conditioning.encode(vae, sampler.norm, frames[: 1 + vae.temporal_compression])  # two latent frames
         conds.append(FrameCondition(*conditioning.placed(z, z.shape[2] + 1, at_end=False), mode="extend"))
-        prompts.append(caption_text({**c["attributes"], "direction": None}))  # the text names no direction
+        prompts.append(c.get("caption") or caption_text(c["attributes"]))
         truths.append({"direction": c["attributes"]["direction"], "color": c["attributes"]["color"]})
         reals.append(frames[:window])
     return conds, prompts, truths, reals
@@ -103,13 +105,16 @@ def new_frames_score(videos, truths: list[dict], tc: int, world) -> dict:
 
 
 def extension(cfg, sampler, clips: list[dict], seed: int = 0) -> dict:
-    """`accuracy` of the generated frames; beside it the same checker on the clip's real continuation
-    (`real`: 1.0 when the motion is measurable in tc frames) and on that continuation after the VAE's
-    round trip (`vae_round_trip`: the most the DiT can score through this VAE)."""
-    w, tc = cfg.world, sampler.vae.temporal_compression
+    """`accuracy` of the generated frames (prompted with the clip's caption); `frames_only`: the same
+    sampled on the null text alone (cfg_scale 0: the motion can come from the given frames only);
+    the checker on the clip's real continuation (`real`: 1.0 when the motion is measurable in tc
+    frames) and on it after the VAE's round trip (`vae_round_trip`: the most the DiT can score)."""
+    w, tc, frames = cfg.world, sampler.vae.temporal_compression, conditioning.pixel_frames(sampler.vae, 3)
     conds, prompts, truths, reals = _clips_to_extend(cfg, sampler, clips)
-    videos = _run(sampler, prompts, conds, cfg.sample, conditioning.pixel_frames(sampler.vae, 3), seed)
+    videos = _run(sampler, prompts, conds, cfg.sample, frames, seed)
+    null = _run(sampler, prompts, conds, cfg.sample.model_copy(update={"cfg_scale": 0.0}), frames, seed)
     return {"clips": len(truths), "accuracy": new_frames_score(videos, truths, tc, w),
+            "frames_only": new_frames_score(null, truths, tc, w),
             "real": new_frames_score(reals, truths, tc, w),
             "vae_round_trip": new_frames_score([round_trip(sampler.vae, sampler.norm, r) for r in reals], truths, tc, w),
             "videos": videos}

@@ -32,6 +32,7 @@ def test_score_capabilities_on_a_tiny_world(tmp_path):
     # the checker on the clips' real next frames reads their direction and colour: the score is measurable
     assert report["extension"]["real"] == {"n": 2, "direction": 1.0, "color": 1.0}
     assert 0 <= report["extension"]["vae_round_trip"]["direction"] <= 1
+    assert report["extension"]["frames_only"]["n"] == 2
     assert report["images"]["accuracy"]["n"] == report["images"]["prompts"] > 0
     for part in report.values():
         assert all(0 <= v <= 1 for k, v in part["accuracy"].items() if k != "n")
