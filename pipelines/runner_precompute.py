@@ -129,8 +129,9 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict]):
     # would cost more than decoding a short clip.
     ds = ds.map_batches(_prep_batch, batch_size=p.batch_size, num_cpus=p.prep_cpus,
                         compute=ray.data.TaskPoolStrategy(size=max(1, p.prep_concurrency)), zero_copy_batch=False)
-    ds = ds.map_batches(precompute.EncodeStage, batch_size=p.batch_size, compute=ray.data.ActorPoolStrategy(size=p.concurrency),
-                        num_gpus=p.num_gpus, num_cpus=p.encode_cpus, zero_copy_batch=False,
+    ds = ds.map_batches(precompute.EncodeStage, batch_size=p.batch_size,
+                        compute=ray.data.ActorPoolStrategy(size=p.concurrency), num_gpus=p.num_gpus,
+                        num_cpus=p.encode_cpus, zero_copy_batch=False,
                         fn_constructor_kwargs=dict(precompute=p, device="cuda" if p.num_gpus > 0 else "cpu"))
     return ds
 
