@@ -10,16 +10,21 @@ $(PY):
 	@command -v $(PYTHON) >/dev/null || { echo "needs $(PYTHON)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
+# Requirements that name the GUI opencv-python: installed with --no-deps (their other requirements are pinned in
+# pyproject.toml), so pip resolves everything else once and never downloads opencv-python.
+NO_DEPS := scenedetect rapidocr-onnxruntime
+REQS    := $(VENV)/requirements.txt
+
 $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	# torch first and exactly pinned, so no other package's range drags another build in
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q -e '.[test]'
-	# scenedetect and rapidocr require the GUI opencv-python (needs the system libGL); both share
-	# one cv2/ folder with the headless build. Keep only the headless build, deliberately.
-	$(PY) -m pip uninstall -q -y opencv-python opencv-python-headless
-	$(PY) -m pip install -q --no-deps opencv-python-headless==5.0.0.93
-	$(PY) -c "import cv2, av, decord, torch, ray, deepspeed; print('install ok: torch', torch.__version__, 'ray', ray.__version__)"
+	$(PY) -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; no = '$(NO_DEPS)'.split(); \
+	  reqs = p['dependencies'] + p['optional-dependencies']['test']; \
+	  print(*[r for r in reqs if r.split('=')[0].split('[')[0] not in no], sep='\n', file=open('$(REQS)', 'w')); \
+	  print(*[r for r in reqs if r.split('=')[0] in no], sep='\n', file=open('$(REQS).nodeps', 'w'))"
+	# one resolve; torch is pinned exactly in it, so no other package's range drags another build in
+	$(PY) -m pip install -q -r $(REQS)
+	$(PY) -m pip install -q --no-deps -r $(REQS).nodeps -e .
+	$(PY) -c "import cv2, av, decord, torch, ray, deepspeed, scenedetect, rapidocr_onnxruntime; print('install ok: torch', torch.__version__, 'ray', ray.__version__)"
 	rm -f $(VENV)/.installed-*; touch $(STAMP)
 
 install: $(STAMP)

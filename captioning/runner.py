@@ -32,6 +32,7 @@ from captioning.resolve import TINY, models_at_start, placeholder_warning, resol
 from infra import selection, storage, tables
 from infra.config import CaptionConfig, ReelForgeConfig
 from infra.faults import fault_point
+from infra.progress import data_progress
 from infra.runtime import model_path as local_model, placement, ray_when_needed
 
 log = logging.getLogger(__name__)
@@ -202,7 +203,7 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict], model_path: str):
     c = cfg.caption
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False  # the driver puts rows back in input order
-    ctx.enable_progress_bars = False
+    data_progress(ctx)
     # About one model batch per block: partitions finish (and commit) while the job streams.
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(math.ceil(len(rows) / c.batch_size), 2000)))
     # Prep tasks reserve the memory they use: a worker with the decoders loaded (Ray measured up
@@ -213,7 +214,7 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict], model_path: str):
     memory = 768 * 2**20 + 2 * c.batch_size * c.num_frames * c.frame_size**2 * 3
     ds = ds.map_batches(prep_batch, fn_kwargs=dict(caption=c), batch_size=c.batch_size,
                         num_cpus=c.prep_cpus, memory=memory, zero_copy_batch=False, **placement(c.prep_resources))
-    # A fixed pool of caption.concurrency actors, each loading the model once (concurrency=N);
+    # A fixed pool of caption.concurrency actors, each loading the model once;
     # Ray Data restarts an actor lost with its node and retries its batches.
     return ds.map_batches(CaptionActor, fn_constructor_kwargs=_stage_kwargs(cfg, model_path),
                           compute=ray.data.ActorPoolStrategy(size=c.concurrency), num_gpus=c.num_gpus,

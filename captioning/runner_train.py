@@ -22,6 +22,7 @@ from pathlib import Path
 from captioning.prompts import DEFAULT_PROMPT, PROMPTS
 from infra import storage, tables
 from infra.config import CaptionTrainConfig, ReelForgeConfig
+from infra.progress import report_step, step_progress
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,9 @@ def train_loop_per_worker(config: dict) -> None:
         # [2] DDP: every rank starts from rank 0's weights and averages gradients each step
         loss_module = torch.nn.parallel.DistributedDataParallel(loss_module)
     log_fn = (lambda m: print(json.dumps(m), flush=True)) if rank == 0 else None
-    result = train(loss_module, data, c, rank, world, log=log_fn)
+    progress = config.get("progress") if rank == 0 else None  # the driver's live line (infra/progress.py)
+    result = train(loss_module, data, c, rank, world, log=log_fn,
+                   on_step=lambda step, loss: report_step(progress, step, loss))
     if rank == 0:
         with tempfile.TemporaryDirectory() as tmp:
             save_model(model, processor, tmp, {"trained": True, "prompt": config["prompt"], **result})
@@ -119,10 +122,12 @@ def _fit(cfg: ReelForgeConfig, data: dict, prompt: str, output: str, model_dir: 
     runs = storage.join(output, "_ray_train")
     fs, runs = storage.filesystem(runs) if storage.is_s3(runs) else (None, os.path.abspath(runs))
     resources = {"CPU": 1, **({"GPU": 1} if c.use_gpu else {}), **c.resources}
-    with ray_session(cfg, paths={"--output": output}):
+    with (ray_session(cfg, paths={"--output": output}),
+          step_progress("train-captioner", c.steps, c.batch_size * max(1, c.num_workers)) as progress):
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"caption_train": c, "data": [ray.put(data)], "prompt": prompt, "threads": 1},
+            train_loop_config={"caption_train": c, "data": [ray.put(data)], "prompt": prompt, "threads": 1,
+                               "progress": progress},
             scaling_config=ScalingConfig(num_workers=c.num_workers, use_gpu=c.use_gpu, resources_per_worker=resources),
             torch_config=TorchConfig(backend="nccl" if c.use_gpu else "gloo"),
             run_config=RunConfig(name="run", storage_path=runs, storage_filesystem=fs))

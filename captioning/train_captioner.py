@@ -195,12 +195,15 @@ def batches(data: dict, batch_size: int, seed: int, rank: int = 0, world_size: i
             yield {k: v[idx] for k, v in data.items()}
 
 
-def train(loss_module, data: dict, c, rank: int = 0, world_size: int = 1, log=None) -> dict:
-    """`c.steps` steps of batch `c.batch_size` per rank on `data`; `log(dict)` every `c.log_every`."""
+def train(loss_module, data: dict, c, rank: int = 0, world_size: int = 1, log=None, on_step=None) -> dict:
+    """`c.steps` steps of batch `c.batch_size` per rank on `data`; `log(dict)` every `c.log_every`,
+    `on_step(step, loss)` after each step."""
     optimizer = make_optimizer(loss_module, c)
     started, history = time.perf_counter(), []
     for step, batch in zip(range(c.steps), batches(data, c.batch_size, c.seed, rank, world_size)):
         history.append(train_step(loss_module, optimizer, batch, lr_at(step, c)))
+        if on_step:
+            on_step(step + 1, history[-1])
         if log and (step % c.log_every == 0 or step == c.steps - 1):
             log({"step": step, "loss": round(float(np.mean(history[-c.log_every:])), 4),
                  "lr": round(lr_at(step, c), 6), "elapsed_s": round(time.perf_counter() - started, 1)})

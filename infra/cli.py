@@ -40,8 +40,15 @@ def _version(value: bool) -> None:
 def _main(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="print the version"),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress output (Ray Data bars, training "
+                               "step lines, Tune's trial table); summaries and errors still print"),
 ) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from infra.progress import set_quiet
+
+    if quiet:  # REELFORGE_QUIET=1 in the environment does the same
+        set_quiet(True)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
 app.command()(cli_data.curate)

@@ -9,7 +9,7 @@
     train            the tiny video DiT (Ray Train + DeepSpeed ZeRO-2, 2 workers)
     sample           one mp4 from the trained checkpoint
     eval             held-out prompts sampled and checked (colour, direction, shape)
-    report           OUTPUT/index.html (every stage, links, the mp4) and OUTPUT/demo.json
+    report           OUTPUT/index.html (stages, eval grid, loss curve, funnel; infra/demo_page.py), demo.json
 
 Re-running into the same OUTPUT resumes: curate, caption and precompute skip their complete
 partitions (marker + config fingerprint, their own rules); the world and the captioner are reused
@@ -21,7 +21,6 @@ always run again. Another OUTPUT (or deleting it) starts clean.
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from contextlib import nullcontext
 from pathlib import Path
 
 from infra.config import ReelForgeConfig, load_config
+from infra.demo_page import demo_page
 
 DEMO_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 STAGES = ("world", "ray", "curate", "train-captioner", "caption", "precompute", "train", "sample", "eval", "report")
@@ -285,8 +285,8 @@ def run_demo(cfg: ReelForgeConfig, output: str, bar: Callable | None = None,
 
     def report() -> dict:
         summary["total_seconds"] = round(time.perf_counter() - t0, 1)
-        Path(summary["page"]).write_text(demo_page(summary))
-        return {"detail": "index.html (every stage, the mp4) + demo.json"}
+        Path(summary["page"]).write_text(demo_page(summary, p["train"], p["eval"]))
+        return {"detail": "index.html (eval grid, loss curve, funnel, the mp4) + demo.json"}
 
     stage("report", report)
     summary["total_seconds"] = round(time.perf_counter() - t0, 1)
@@ -308,31 +308,3 @@ def summary_table(summary: dict):
     t.add_section()
     t.add_row("[bold]total[/]", "", f"[bold]{summary['total_seconds']:.1f}[/]")
     return t
-
-
-def demo_page(summary: dict) -> str:
-    """OUTPUT/index.html: the stage table, links to the curate report and the tables, the mp4."""
-    root = summary["output"]
-
-    def rel(path: str) -> str:
-        return html.escape(os.path.relpath(path, root))
-
-    rows = "".join(f"<tr><td>{html.escape(n)}</td><td>{html.escape(r['detail'])}</td><td>{r['seconds']:.1f}</td></tr>"
-                   for n, r in summary["stages"].items())
-    prompt = html.escape(summary["stages"]["sample"]["prompt"])
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>ReelForge demo</title>
-<style>body{{font-family:sans-serif;max-width:60em;margin:2em auto}}td,th{{padding:.2em .6em;text-align:left}}
-tr:nth-child(even){{background:#f4f4f4}}</style></head><body>
-<h1>ReelForge demo</h1>
-<table><tr><th>stage</th><th>result</th><th>seconds</th></tr>{rows}
-<tr><th>total</th><th></th><th>{summary['total_seconds']:.1f}</th></tr></table>
-<h2>Sample</h2><p>{prompt}</p>
-<video src="{rel(summary['mp4'])}" controls loop autoplay muted width="256"></video>
-<h2>Outputs</h2><ul>
-<li><a href="{rel(summary['report'])}">curation report</a> (funnel, measures, contact sheets, failures)</li>
-<li>tables: <code>curate/{{videos,clips,failures}}/</code>, <code>captioned/clips/</code>,
-<code>precompute/latents/</code></li>
-<li>checkpoint: <code>{rel(summary['checkpoint'])}</code></li>
-<li>eval: <code>eval/eval.json</code> and its mp4s; the resolved config: <code>config.yaml</code></li>
-</ul></body></html>
-"""

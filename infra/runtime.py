@@ -24,8 +24,17 @@ from infra.config import ReelForgeConfig
 
 log = logging.getLogger(__name__)
 
-# Ray's own notices that are not the user's business (the auth-token banner, usage stats).
+# Ray's own notices that are not the user's business: usage stats, and (loggers) the banner saying a
+# new local Ray uses token auth (it still does) and Ray Data's note that it shortens long stage names.
 _QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0"}
+_QUIET_LOGGERS = ("ray._private.authentication.authentication_token_setup", "ray.data._internal.progress.utils")
+
+
+def _quiet_ray() -> None:
+    for key, value in _QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in _QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def in_submitted_job() -> bool:
@@ -64,8 +73,7 @@ def init_ray(cfg: ReelForgeConfig, *, state_api: bool = False, paths: dict[str, 
 
     if ray.is_initialized():
         return False
-    for key, value in _QUIET_ENV.items():
-        os.environ.setdefault(key, value)
+    _quiet_ray()
     address = cluster_address(cfg)
     env = {**storage.storage_env(), **faults.armed_env()}
     kwargs: dict = dict(include_dashboard=cfg.ray.include_dashboard, log_to_driver=False)

@@ -6,30 +6,36 @@ import contextlib
 from collections.abc import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 
 @contextlib.contextmanager
-def job_progress(console: Console, job: str, unit: str, items: str) -> Iterator:
-    """A progress callback `(event, n, done)` drawing one bar, labelled `job`, over the job's `items`.
+def job_progress(console: Console, job: str, unit: str, items: str, every_s: float = 10.0) -> Iterator:
+    """A progress callback `(event, n, done)` over the job's `items` (committed partitions).
 
     `event == "start"`: n items in all, `done` already in complete partitions (said once, on resume);
-    any other event advances the bar by n."""
-    bar = Progress(TextColumn(f"[bold]{job}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   console=console, transient=False, disable=not console.is_terminal)
-    task = None
-    with bar:
-        def progress(event: str, n: int, done: int) -> None:
-            nonlocal task
-            if event == "start":
-                task = bar.add_task(unit, total=n, completed=done)
-                if done:
-                    console.print(f"resume: {done} of {n} {items} are in complete partitions, skipping them")
-            elif task is not None:
-                bar.advance(task, n)
+    any other event adds n. Ray Data draws the live bars (infra/progress.py); where the console is
+    not a terminal this also prints `job: done/total unit` at most every `every_s` seconds."""
+    import time
 
-        yield progress
+    from infra.progress import quiet
+
+    state = {"total": 0, "done": 0, "at": -every_s}
+    lines = not quiet() and not console.is_terminal
+
+    def progress(event: str, n: int, done: int) -> None:
+        if event == "start":
+            state.update(total=n, done=done)
+            if done:
+                console.print(f"resume: {done} of {n} {items} are in complete partitions, skipping them")
+            return
+        state["done"] += n
+        now = time.monotonic()
+        if lines and (now - state["at"] >= every_s or state["done"] >= state["total"]):
+            state["at"] = now
+            console.print(f"{job}: {state['done']}/{state['total']} {unit} done", markup=False, highlight=False)
+
+    yield progress
 
 
 def curate_progress(console: Console, job: str = "curate") -> contextlib.AbstractContextManager:

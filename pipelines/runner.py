@@ -23,6 +23,7 @@ import numpy as np
 from infra import storage, tables
 from infra.config import CurateConfig, ReelForgeConfig, SafetyConfig
 from infra.faults import fault_point
+from infra.progress import data_progress
 from infra.runtime import placement, ray_when_needed
 from infra.schema import CLIPS_SCHEMA, VIDEOS_SCHEMA, table_from_rows, video_id_for
 from infra.tables import batch_rows, map_rows, rows_batch
@@ -159,7 +160,8 @@ def add_stage(ds, cfg: ReelForgeConfig, kind: str):
             "materialize": c.materialize.cpus}[kind]
     # Ray retries a task whose worker (or node) died; a bad *row* never raises.
     return ds.map_batches(run_stage_batch, fn_kwargs=fn_kwargs, num_cpus=cpus, batch_size=1,
-                          concurrency=c.concurrency, zero_copy_batch=False, **placement(c.resources))
+                          compute=ray.data.TaskPoolStrategy(size=c.concurrency), zero_copy_batch=False,
+                          **placement(c.resources))
 
 
 def input_rows(pending: list[tables.Partition], image_extensions=()) -> list[dict]:
@@ -173,7 +175,7 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict], kinds: list[str]):
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False  # partitions are sorted when written
-    ctx.enable_progress_bars = False
+    data_progress(ctx)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, len(rows)))
     for kind in kinds:
         ds = add_stage(ds, cfg, kind)

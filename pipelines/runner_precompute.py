@@ -19,6 +19,7 @@ import numpy as np
 from infra import selection, storage, tables
 from infra.config import ReelForgeConfig
 from infra.faults import fault_point
+from infra.progress import data_progress
 from infra.runtime import model_path, placement, ray_when_needed
 from infra.schema import LATENTS_SCHEMA, LATENTS_STATISTICS, table_from_rows
 from pipelines import precompute
@@ -126,15 +127,17 @@ def _dataset(cfg: ReelForgeConfig, rows: list[dict]):
     p = cfg.precompute
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = False
-    ctx.enable_progress_bars = False
+    data_progress(ctx)
     ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // cfg.precompute.batch_size, 200)))
     # Prep as plain tasks over small batches: decoding needs no state, and per-row scheduling
     # would cost more than decoding a short clip.
     ds = ds.map_batches(_prep_batch, batch_size=p.batch_size, num_cpus=p.prep_cpus,
-                        concurrency=max(1, p.prep_concurrency), zero_copy_batch=False, **placement(p.prep_resources))
+                        compute=ray.data.TaskPoolStrategy(size=max(1, p.prep_concurrency)), zero_copy_batch=False,
+                        **placement(p.prep_resources))
     # an encoder actor lost with its node is restarted by Ray Data, and its batches retried
-    ds = ds.map_batches(precompute.EncodeStage, batch_size=p.batch_size, concurrency=p.concurrency,
-                        num_gpus=p.num_gpus, num_cpus=p.encode_cpus, zero_copy_batch=False, **placement(p.resources),
+    ds = ds.map_batches(precompute.EncodeStage, batch_size=p.batch_size,
+                        compute=ray.data.ActorPoolStrategy(size=p.concurrency), num_gpus=p.num_gpus,
+                        num_cpus=p.encode_cpus, zero_copy_batch=False, **placement(p.resources),
                         fn_constructor_kwargs=dict(precompute=p, device="cuda" if p.num_gpus > 0 else "cpu"))
     return ds
 

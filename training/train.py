@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from infra import storage
 from infra.config import ReelForgeConfig
+from infra.progress import report_step, step_progress
 from infra.runtime import cluster_address, ray_session
 from training import zero
 from training.data import BucketBatcher, RankReader, bucket_batch_size, bucket_tokens, collate, latents_files
@@ -215,6 +216,8 @@ def train_loop_per_worker(config: dict) -> None:
     for step in range(start, stop):
         lr, epoch = _step(engine, optimizer, ema, gen, t, step, micro, device, meter, rank)
         done, position = step + 1, position + t.grad_accum_steps
+        if rank == 0:  # the driver's live line (infra/progress.py): rank 0's mean loss since the last log point
+            report_step(config.get("progress"), done, meter.loss_sum / max(meter.loss_n, 1))
         # 6. checkpoint
         if done % t.log_every and done % t.checkpoint_every and done != stop:
             continue
@@ -313,7 +316,7 @@ def prepare_output(cfg: ReelForgeConfig, output: str | None) -> tuple[ReelForgeC
 
 
 def build_trainer(cfg: ReelForgeConfig, latents_uri: str, output: str, callbacks: list | None = None,
-                  planned: tuple[DataPlan, dict] | None = None):
+                  planned: tuple[DataPlan, dict] | None = None, progress=None):
     """The TorchTrainer of a run (Ray must be up): `run_train` fits it, each `reelforge tune` trial too.
 
     Returns (trainer, plan). `callbacks` are Ray Train user callbacks (Tune's TuneReportCallback);
@@ -327,7 +330,7 @@ def build_trainer(cfg: ReelForgeConfig, latents_uri: str, output: str, callbacks
     trainer = TorchTrainer(
         train_loop_per_worker,
         # the plan is row groups per rank and batch counts: each worker reads its own row groups
-        train_loop_config={"config": cfg, "plan": plan, "meta": meta, "run_dir": output},
+        train_loop_config={"config": cfg, "plan": plan, "meta": meta, "run_dir": output, "progress": progress},
         scaling_config=scaling_config(t),
         torch_config=TorchConfig(backend="nccl" if t.use_gpu else "gloo"),
         run_config=_run_config(t, output, callbacks),
@@ -360,9 +363,11 @@ def run_train(cfg: ReelForgeConfig, latents_uri: str, output: str | None = None)
     planned = plan_run(cfg, latents_uri)  # a missing or mixed latents table fails before Ray starts
     check_resume(output, planned[1])  # a run never continues on latents of a different VAE
     t0 = time.time()
+    stop = min(cfg.train.steps, cfg.train.stop_at_step or cfg.train.steps)
     # every worker reads the latents and writes checkpoints: on a cluster neither may be local
-    with ray_session(cfg, paths={"--latents": latents_uri, "--output": output}):
-        trainer, plan = build_trainer(cfg, latents_uri, output, planned=planned)
+    with (ray_session(cfg, paths={"--latents": latents_uri, "--output": output}),
+          step_progress("train", stop, global_batch(cfg.train)) as progress):
+        trainer, plan = build_trainer(cfg, latents_uri, output, planned=planned, progress=progress)
         result = trainer.fit()
     return finish_run(cfg, result, plan, output, time.time() - t0)
 

@@ -27,6 +27,7 @@ import time
 from infra import storage
 from infra.config import ConfigError, ReelForgeConfig
 from infra.faults import fault_point
+from infra.progress import quiet
 from infra.runtime import cluster_address, ray_session
 from training.train import run_location
 from training.tune_results import write_results
@@ -118,7 +119,8 @@ def _run_config(cfg: ReelForgeConfig, output: str):
     from ray.tune import CheckpointConfig, FailureConfig, RunConfig
 
     kwargs = dict(failure_config=FailureConfig(max_failures=cfg.tune.max_failures),
-                  checkpoint_config=CheckpointConfig(num_to_keep=None), callbacks=[_Progress(output)], verbose=1)
+                  checkpoint_config=CheckpointConfig(num_to_keep=None), callbacks=[_Progress(output)],
+                  verbose=0 if quiet() else 1)  # 1: Tune's trial table every 30 s while it runs
     parent, name, fs = run_location(output)
     return RunConfig(name=name, storage_path=parent, storage_filesystem=fs, **kwargs)
 

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
+from infra.progress import report_step
+
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     """PSNR in dB of pixels in [-1, 1] (peak-to-peak 2)."""
@@ -50,9 +52,10 @@ def train_step(vae, optimizer, x, *, kl_weight=1e-6, grad_clip=1.0, generator=No
 
 def train_vae(
     vae, videos: Iterable[torch.Tensor], steps: int, *, lr=1e-3, kl_weight=1e-6, grad_clip=1.0,
-    device="cpu", seed=0, log_every=0, optimizer=None, recon_loss="l1",
+    device="cpu", seed=0, log_every=0, optimizer=None, recon_loss="l1", on_step=None,
 ) -> dict:
-    """Train on up to `steps` batches from `videos` (each (B, 3, T, H, W) or (3, T, H, W)).
+    """Train on up to `steps` batches from `videos` (each (B, 3, T, H, W) or (3, T, H, W));
+    `on_step(step, loss)` after each step.
 
     Returns steps done, seconds, the history of per-step metrics and the last step's metrics.
     """
@@ -67,6 +70,8 @@ def train_vae(
         metrics = train_step(vae, optimizer, x, kl_weight=kl_weight, grad_clip=grad_clip, generator=generator,
                              recon_loss=recon_loss)
         history.append(metrics)
+        if on_step:
+            on_step(step + 1, metrics["loss"])
         if log_every and step % log_every == 0:
             print({"step": step, **{k: round(v, 5) for k, v in metrics.items()}}, flush=True)
     last = history[-1] if history else {}
@@ -125,7 +130,7 @@ def _random_batches(videos: list[torch.Tensor], batch_size: int, seed: int):
         yield torch.stack([videos[i] for i in idx])  # (B, 3, T, H, W)
 
 
-def train_vae_job(cfg, clips_uri: str, output: str) -> dict:
+def train_vae_job(cfg, clips_uri: str, output: str, on_step=None) -> dict:
     """The train-vae job in this process: decode, train, save OUTPUT/vae/ (local or s3://) with the
     summary and config beside it; returns the summary."""
     import dataclasses
@@ -146,7 +151,7 @@ def train_vae_job(cfg, clips_uri: str, output: str) -> dict:
         raise ValueError(f"no kept clip under {clips_uri} could be decoded ({len(errors)} failed)")
     result = train_vae(vae, _random_batches(videos, vc.batch_size, vc.seed), vc.steps, lr=vc.lr,
                        kl_weight=vc.kl_weight, grad_clip=vc.grad_clip, device=device, seed=vc.seed,
-                       log_every=vc.log_every, recon_loss=vc.recon_loss)
+                       log_every=vc.log_every, recon_loss=vc.recon_loss, on_step=on_step)
     scale = estimate_scaling_factor(vae, (v[None] for v in videos))
     vae.config = dataclasses.replace(vae.config, scaling_factor=scale)
     last = result["last"]
@@ -168,7 +173,8 @@ def _vae_worker(config: dict) -> None:
 
     cfg = config["config"]
     torch.set_num_threads(max(1, int(cfg.train.cpus_per_worker)))
-    summary = train_vae_job(cfg, config["clips"], config["output"])
+    progress = config.get("progress")
+    summary = train_vae_job(cfg, config["clips"], config["output"], on_step=lambda s, loss: report_step(progress, s, loss))
     ray.train.report({"steps": summary["steps"], "final_loss": summary["final_loss"]})
 
 
@@ -193,6 +199,7 @@ def run_train_vae(cfg, clips_uri: str, output: str | None = None) -> dict:
     from ray.train.torch import TorchTrainer
 
     from infra import storage
+    from infra.progress import step_progress
     from infra.runtime import ray_session
 
     t = cfg.train
@@ -202,9 +209,10 @@ def run_train_vae(cfg, clips_uri: str, output: str | None = None) -> dict:
     resources = {"CPU": t.cpus_per_worker, **t.resources, **({"GPU": 1} if t.use_gpu else {})}
     runs = tempfile.mkdtemp(prefix="rf-train-vae-")  # Ray Train's own run state; no checkpoint is kept there
     try:
-        with ray_session(cfg, paths={"--clips": clips_uri, "--output": output}):
+        with (ray_session(cfg, paths={"--clips": clips_uri, "--output": output}),
+              step_progress("train-vae", t.vae.steps, t.vae.batch_size) as progress):
             trainer = TorchTrainer(
-                _vae_worker, train_loop_config={"config": cfg, "clips": clips_uri, "output": output},
+                _vae_worker, train_loop_config={"config": cfg, "clips": clips_uri, "output": output, "progress": progress},
                 scaling_config=ScalingConfig(num_workers=1, use_gpu=t.use_gpu, resources_per_worker=resources),
                 run_config=RunConfig(name="train-vae", storage_path=runs, failure_config=FailureConfig(max_failures=0)))
             try:

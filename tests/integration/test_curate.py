@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -112,6 +113,8 @@ def test_killed_driver_resumes_to_the_same_tables(tmp_path, cli_env):
     clean = _cli([*common, "--output", str(tmp_path / "clean")], cli_env)
     out, _ = clean.communicate(timeout=300)
     assert clean.returncode == 0, out[-3000:]
+    assert re.search(r"^curate: (\d+)/\1 videos done$", out, re.M), out[-3000:]  # not a terminal: plain lines
+    assert "concurrency" not in out and "Token authentication" not in out, out[-3000:]  # Ray's noise is off
 
     crashed = tmp_path / "crashed"
     proc = _cli([*common, "--output", str(crashed)], cli_env, start_new_session=True)

@@ -65,6 +65,9 @@ def test_every_stage_writes_its_outputs(demo):
     assert "<td>probe</td><td>1</td>" in Path(summary["report"]).read_text()  # the failures table
     page = Path(summary["page"]).read_text()
     assert "samples/sample-0-000.mp4" in page and "curate/report/index.html" in page
+    # the eval's held-out prompt beside its animated preview, the loss curve, the curation funnel
+    assert '<img src="eval/eval-000.webp"' in page and (out / "eval" / "eval-000.webp").exists()
+    assert '<img src="loss.png"' in page and '<img src="curate/report/funnel.png"' in page
     assert json.loads((out / "demo.json").read_text())["mp4"] == summary["mp4"]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +64,8 @@ def test_zero3_resumed_run_continues_like_an_uninterrupted_one(ray_local, local_
                          capture_output=True, text=True, cwd=ROOT, env=cli_env, timeout=400)
     assert res.returncode == 0, res.stderr[-4000:]
     assert "checkpoint_00000024" in res.stdout and "tokens per s" in res.stdout
+    # not a terminal: rank 0's progress arrives as plain lines (infra/progress.py), the last step included
+    assert re.search(r"^train  step 24/24  loss \d+\.\d{4}  [\d.]+ samples/s  ETA 0s$", res.stderr, re.M), res.stderr[-3000:]
     a = json.loads((tmp_path / "a" / "summary.json").read_text())
     # B: stopped at 12 (as if preempted), then re-run: Ray hands the step-12 checkpoint back.
     # B recomputes activations (gradient checkpointing): the same numbers, less memory.

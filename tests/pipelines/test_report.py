@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +13,13 @@ import numpy as np
 import pytest
 
 from infra.config import load_config
+from tests.browser import chromium, loaded_images, needs_chromium
 from infra.videogen import Scene, write_video
 from infra import tables as partitions
 from pipelines.report import _label, write_report
 from infra.schema import CLIPS_SCHEMA, FAILURES_SCHEMA, VIDEOS_SCHEMA, table_from_rows
 
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FPS = 24
 
 
@@ -84,45 +83,24 @@ def test_labels_show_scores_reason_and_caption():
     assert "a red square slides" in label and "aes" not in label
 
 
-_IMGCHECK = """<!doctype html><html><body><script>
-const x = new XMLHttpRequest(); x.open("GET", "index.html", false); x.send();
-const doc = new DOMParser().parseFromString(x.responseText, "text/html");
-const srcs = [...doc.querySelectorAll("img")].map(i => i.getAttribute("src"));
-const res = []; let done = 0;
-function fin() { if (++done === srcs.length) document.body.setAttribute("data-loaded", res.join(" ")); }
-srcs.forEach(s => { const im = new Image(); im.onload = () => { res.push(s + "=" + im.naturalWidth); fin(); };
-  im.onerror = () => { res.push(s + "=ERR"); fin(); }; im.src = s; });
-</script></body></html>"""
-
-
-def _chromium(tmp_path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                           "--disable-component-update", "--disable-sync", "--no-first-run",
-                           f"--user-data-dir={tmp_path / 'chromium-profile'}", *args],
-                          capture_output=True, text=True, timeout=120)
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; `make test` tries)")
-def test_report_renders_in_headless_chromium(curated, tmp_path, cli_env):
+@needs_chromium
+def test_report_renders_in_headlesschromium(curated, tmp_path, cli_env):
     out, _, _ = curated
     res = subprocess.run([sys.executable, "-m", "infra.cli", "report", str(out)], capture_output=True, text=True,
                          cwd=ROOT, env=cli_env, timeout=120)  # the CLI path; it reads OUTPUT/config.yaml
     assert res.returncode == 0, res.stderr[-2000:]
     index = out / "report" / "index.html"
     shot = tmp_path / "shot.png"
-    _chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", index.as_uri())
+    chromium(tmp_path, "--window-size=1200,2400", f"--screenshot={shot}", index.as_uri())
     img = cv2.imread(str(shot))
     assert img is not None and img.shape[:2] == (2400, 1200)
     non_white = (img.min(axis=2) < 200).mean()
     assert non_white > 0.05 and img.std() > 20, (non_white, img.std())  # charts and sheets drawn, not a blank page
-    dom = _chromium(tmp_path, "--dump-dom", index.as_uri()).stdout
+    dom = chromium(tmp_path, "--dump-dom", index.as_uri()).stdout
     srcs = _referenced(index.read_text())
     assert dom.count("<img") == len(srcs) >= 6
     # Every image loads in the browser (a page beside the report loads each src and records its width).
-    (out / "report" / "_imgcheck.html").write_text(_IMGCHECK)
-    checked = _chromium(tmp_path, "--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom",
-                        (out / "report" / "_imgcheck.html").as_uri()).stdout
-    loaded = dict(item.split("=") for item in re.search(r'data-loaded="([^"]*)"', checked).group(1).split())
+    loaded = loaded_images(index, tmp_path)
     assert set(loaded) == set(srcs) and all(v != "ERR" and int(v) > 50 for v in loaded.values()), loaded
 
 
@@ -137,9 +115,9 @@ BALANCE_MANIFEST = {"job": "balance", "counts": {"inputs": 2, "clips": 415, "clu
                                  "keep_prob": [0.1667, 0.714, 1.0], "sample_weight": [0.8, 0.8, 2.0]}}
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; `make test` tries)")
+@needs_chromium
 @pytest.mark.parametrize("manifest", [DEDUP_MANIFEST, BALANCE_MANIFEST], ids=["dedup", "balance"])
-def test_dedup_and_balance_reports_render_in_headless_chromium(manifest, tmp_path, cli_env):
+def test_dedup_and_balance_reports_render_in_headlesschromium(manifest, tmp_path, cli_env):
     out = tmp_path / manifest["job"]
     out.mkdir()
     (out / "manifest.json").write_text(json.dumps(manifest))
@@ -151,8 +129,5 @@ def test_dedup_and_balance_reports_render_in_headless_chromium(manifest, tmp_pat
     assert srcs == (["dedup_funnel.png"] if manifest["job"] == "dedup" else ["balance.png"])
     assert ("clips removed" in page and "linked by semantic" in page) if manifest["job"] == "dedup" else \
         ("cluster" in page and "300 / 70 / 20" in page)
-    (out / "report" / "_imgcheck.html").write_text(_IMGCHECK)
-    checked = _chromium(tmp_path, "--allow-file-access-from-files", "--virtual-time-budget=10000", "--dump-dom",
-                        (out / "report" / "_imgcheck.html").as_uri()).stdout
-    loaded = dict(item.split("=") for item in re.search(r'data-loaded="([^"]*)"', checked).group(1).split())
+    loaded = loaded_images(out / "report" / "index.html", tmp_path)
     assert set(loaded) == set(srcs) and all(v != "ERR" and int(v) > 300 for v in loaded.values()), loaded

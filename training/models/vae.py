@@ -357,11 +357,17 @@ def load_vae(spec: str, device="cpu", seed: int = 0, dtype: torch.dtype | None =
             return load_vae(local, device=device, seed=seed, dtype=dtype)
     if Path(spec).is_dir():
         return VideoVAE.from_pretrained(spec, device=device).to(dtype=dtype)
+    if spec.startswith("pool"):  # a weight-free codec (training/models/pool_vae.py)
+        from training.models.pool_vae import load_pool_vae
+
+        codec = load_pool_vae(spec)
+        if codec is not None:
+            return codec.to(device, dtype=dtype)
     if spec in VAE_PRESETS:
         with torch.random.fork_rng(devices=[]):  # same seed, same weights, global RNG untouched
             torch.manual_seed(seed)
             return build_vae(spec).to(device, dtype=dtype)
-    raise ValueError(f"unknown VAE {spec!r}: expected one of {sorted(VAE_PRESETS)}, a directory saved "
+    raise ValueError(f"unknown VAE {spec!r}: expected one of {sorted(VAE_PRESETS)}, poolN, a directory saved "
                      "with save_pretrained, or diffusers:NAME_OR_PATH[:subfolder]")
 
 
