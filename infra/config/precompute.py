@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -29,7 +29,7 @@ class PrecomputeConfig(_Section):
     resolutions: list[int] = [64]
     frame_counts: list[int] = [17]
     aspect_ratios: list[str] = ["1:1", "4:3", "16:9"]
-    keep_prob: Resources = {}
+    keep_prob: dict[str, Annotated[float, Field(ge=0, le=1)]] = {}  # bucket -> probability a clip is kept
     frame_stride: int = Field(1, ge=1, description="take every k-th source frame (lower fps, longer span)")
     batch_invariant: bool = Field(True, description="encode clip by clip so outputs never depend on batching "
                                   "(bit-equal resume); false batches the VAE for throughput")
