@@ -104,7 +104,7 @@ def test_curate_measures_filters_dedups_materializes_and_refilters(ray_local, s3
             frames = list(f.decode(s))
             assert float(s.average_rate) == 12 and min(frames[0].width, frames[0].height) == 64
             assert len(frames) == c["num_frames"] // 2
-    assert manifest["stages"]["materialize"] == {"kept": 4, "written": 4, "reused": 0, "failed": 0}
+    assert manifest["stages"]["materialize"] == {"kept": 4, "written": 4, "reused": 0, "images": 0, "failed": 0}
     report = storage.read_text(f"{out}/report/index.html")
     assert all(storage.exists(f"{out}/report/{png}") for png in __import__("re").findall(r'src="([^"]+)"', report))
 
