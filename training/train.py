@@ -199,6 +199,7 @@ def train_loop_per_worker(config: dict) -> None:
     # [2] deepspeed.initialize: ZeRO partitions optimizer state (1), gradients (2), parameters (3)
     import deepspeed  # after _setup: DS_ACCELERATOR must be set before the import
 
+    zero.skip_inference_shm_op()
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, mpu=mesh,
                                            config=zero.ds_config(t, data_world, prec))
     ema = EMA(zero.ema_sources(engine.module, t.zero_stage))

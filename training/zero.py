@@ -92,6 +92,19 @@ def micro_step(engine, loss_fn, boundary: bool) -> torch.Tensor:
     return loss
 
 
+def skip_inference_shm_op() -> None:
+    """Keep DeepSpeed from JIT-compiling its shared-memory all-reduce on the CPU accelerator.
+
+    TorchBackend builds `deepspeed_shm_comm` (two C++ files against torch's headers: ~1 min on 2
+    cores, more on a slow one) the first time any process initialises DeepSpeed, yet only its
+    `inference_all_reduce` uses it; training's collectives are torch.distributed's (gloo here).
+    Marking the op incompatible makes `build_shm_op` return None, which DeepSpeed handles.
+    """
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False  # a module-level dict, kept once probed
+
+
 # ----------------------------------------------------------------------------- whole weights
 
 
