@@ -69,10 +69,12 @@ def rank_steps(reader: RankReader, plan: DataPlan, t, rank: int, start: int) -> 
         micro = (epoch + 1) * spe
 
 
-def _trace(t, rank: int, step: int, micro: int, epoch: int, batch: dict, data_s: float) -> None:
+def _trace(t, rank: int, step: int, micro: int, epoch: int, batch: dict, data_s: float,
+           timings: dict | None = None) -> None:
     if t.debug_dir:
         line = {"step": step, "micro": micro, "rank": rank, "epoch": epoch, "bucket": batch["bucket"],
-                "clip_ids": batch["clip_ids"], "data_s": round(data_s, 4), "time": round(time.time(), 3)}
+                "clip_ids": batch["clip_ids"], "data_s": round(data_s, 4), "time": round(time.time(), 3),
+                **{k: round(v, 4) for k, v in (timings or {}).items()}}
         with open(Path(t.debug_dir) / f"trace-rank{rank}.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")
 
@@ -166,13 +168,13 @@ def _step(engine, optimizer, ema: EMA, gen, t, step: int, micro: Iterator, devic
     for i in range(accum):
         waited = time.perf_counter()
         batch, epoch = next(micro)
-        waited = time.perf_counter() - waited
+        waited, timings = time.perf_counter() - waited, {}
         loss = zero.micro_step(engine, lambda: batch_loss(engine, batch, caption_dropout=t.caption_dropout,
                                                           generator=gen, device=device, conditioning=t.conditioning),
-                                boundary=i == accum - 1)
+                                boundary=i == accum - 1, timings=timings)
         n, length, b = bucket_tokens(batch["bucket"], config.patch), batch["text_tokens"].shape[1], len(batch["clip_ids"])
         meter.add(loss.item(), b, b * n, 3 * flops_per_token(config, n, length) * n * b)
-        _trace(t, rank, step, step * accum + i, epoch, batch, waited)
+        _trace(t, rank, step, step * accum + i, epoch, batch, waited, timings)
     ema.update(zero.ema_sources(engine.module, t.zero_stage), ema_decay_at(step, t.ema_decay))
     return lr, epoch
 

@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -79,16 +80,23 @@ def sequence_mesh(t):
     return SequenceMesh(t.sequence_parallel)
 
 
-def micro_step(engine, loss_fn, boundary: bool) -> torch.Tensor:
+def micro_step(engine, loss_fn, boundary: bool, timings: dict | None = None) -> torch.Tensor:
     """Forward (loss_fn), backward and engine.step() of one micro-batch; the optimizer steps (and
     clips, and reduces ZeRO's gradients) only when `boundary`, the last micro-batch of a step.
     DeepSpeed divides the loss by gradient_accumulation_steps, so the accumulated gradient is the
     mean over micro-batches. The boundary is set explicitly, never inferred from DeepSpeed's
-    micro-step counter, which a checkpoint does not restore."""
+    micro-step counter, which a checkpoint does not restore. `timings` gets the seconds of each
+    part (forward_s, backward_s: with ZeRO-2's gradient reduction, step_s: the partitioned
+    optimizer step and the parameter all-gather)."""
     engine.set_gradient_accumulation_boundary(boundary)
+    t0 = time.perf_counter()
     loss = loss_fn()
+    t1 = time.perf_counter()
     engine.backward(loss)
+    t2 = time.perf_counter()
     engine.step()
+    if timings is not None:
+        timings.update(forward_s=t1 - t0, backward_s=t2 - t1, step_s=time.perf_counter() - t2)
     return loss
 
 
