@@ -22,6 +22,10 @@ image-to-video colour, extension direction, image colour. Run:
   colour 1.00, image colour 1.00, extension direction 0.83 on held-out pairs with the clip's caption
   (0.97 seen; 0.37 / 0.58 from the given frames alone, null text; VAE round trip 0.97), text-to-video
   direction 1.00 on held-out pairs.
+`--scaling`: the DiT at 3 compute budgets (params x steps 1x, 4x, 16x) on the demo's data, loss curves and
+held-out accuracy per budget (bench/scaling.py; README "Compute scaling"). Run:
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python bench/learn.py --scaling --work runs/scaling \
+        --out runs/scaling-out --set world.eval_prompts=36
 All print one JSON line per evaluation, then a summary line.
 """
 

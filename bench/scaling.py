@@ -87,7 +87,7 @@ def run_scaling(cfg, work: Path, base_steps: int, prepare, override, log=print) 
             row = {**row, "train_flops": train_flops(row["model"], latent[0], text[1], tokens, text[0], samples),
                    "train_wall_s": round(time.perf_counter() - t, 1), "checkpoint": summary["checkpoint"]}
             runs.append((run_cfg, row))
-            log(json.dumps({"bench": "learn", "model": "scaling", "stage": "train", **row}))
+            log(json.dumps({"bench": "learn", "scaling": True, "stage": "train", **row}))
     finally:
         ray.shutdown()
     return [_score(run_cfg, row, work, log) for run_cfg, row in runs]
@@ -101,7 +101,7 @@ def _score(cfg, row: dict, work: Path, log) -> dict:
     curve = [[int(m["step"]), round(m["loss"], 4)] for m in metrics]
     tail = [m["loss"] for m in metrics[-3:]]  # the last logged windows, each itself a mean over log_every steps
     acc = sample_and_score(cfg, row["checkpoint"], work / "samples" / f"scale-{row['budget']}x")["accuracy"]
-    out = {"bench": "learn", "model": "scaling", **{k: v for k, v in row.items() if k != "checkpoint"},
+    out = {"bench": "learn", "scaling": True, **{k: v for k, v in row.items() if k != "checkpoint"},
            "final_loss": round(sum(tail) / len(tail), 4), **{k: acc[k] for k in ("color", "direction", "shape")},
            "prompts": acc["n"], "loss_curve": curve}
     log(json.dumps(out))
