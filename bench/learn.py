@@ -22,6 +22,10 @@ image-to-video colour, extension direction, image colour. Run:
   colour 1.00, image colour 1.00, extension direction 0.83 on held-out pairs with the clip's caption
   (0.97 seen; 0.37 / 0.58 from the given frames alone, null text; VAE round trip 0.97), text-to-video
   direction 1.00 on held-out pairs.
+`--scaling`: the DiT at 3 compute budgets (params x steps 1x, 4x, 16x) on the demo's data, loss curves and
+held-out accuracy per budget (bench/scaling.py; README "Compute scaling"). Run:
+    HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 python bench/learn.py --scaling --work runs/scaling \
+        --out runs/scaling-out --set world.eval_prompts=36
 All print one JSON line per evaluation, then a summary line.
 """
 
@@ -47,6 +51,7 @@ from infra.config import load_config  # noqa: E402
 from infra.runtime import init_ray  # noqa: E402
 from infra.world import world_clips, write_world  # noqa: E402
 from infra.worldcheck import score_captions  # noqa: E402
+from training.models.pool_vae import SPEC  # noqa: E402
 
 
 def captioner_curve(cfg, world_dir: Path, eval_every: int, threads: int) -> list[dict]:
@@ -105,8 +110,9 @@ def prepare_dit(cfg, work: Path, log=print) -> tuple[object, dict]:
     stage("world", world / "world.json", lambda: write_world(cfg.world, world))
     stage("curate", curated / "manifest.json", lambda: run_curate(cfg, str(world / "train"), str(curated)))
     stage("caption", captioned / "manifest.json", lambda: run_caption(cfg, str(curated), str(captioned)))
-    stage("train-vae", vae_dir / "summary.json", lambda: run_train_vae(cfg, str(captioned), str(vae_dir)))
-    cfg = load_config_over(cfg, [f"precompute.vae={vae_dir / 'vae'}"])
+    if not SPEC.match(cfg.precompute.vae):  # a pool codec (the demo's pool8) has nothing to train
+        stage("train-vae", vae_dir / "summary.json", lambda: run_train_vae(cfg, str(captioned), str(vae_dir)))
+        cfg = load_config_over(cfg, [f"precompute.vae={vae_dir / 'vae'}"])
     stage("precompute", latents / "manifest.json", lambda: run_precompute(cfg, str(captioned), str(latents)))
     return cfg, walls
 
@@ -165,12 +171,10 @@ def dit_curve(cfg, work: Path, eval_every: int, log=print) -> tuple[list[dict], 
 
 def _untrained_checkpoint(cfg, work: Path) -> Path:
     """A checkpoint dir holding the step-0 weights (train.seed) and the latents' VAE / text encoder."""
-    from training.data import INDEX_COLUMNS, latents_dir
-    from infra import storage
+    from bench.scaling import first_latent_row
     from training.models.dit import build_dit
 
-    index = storage.read_table(latents_dir(str(work / "pre")), columns=INDEX_COLUMNS)
-    row = index.slice(0, 1).to_pylist()[0]
+    row = first_latent_row(work / "pre")
     out = work / "run-step0"
     torch.manual_seed(cfg.train.seed)
     build_dit(cfg.train.model, in_channels=row["latent_shape"][0],
@@ -190,7 +194,12 @@ def main() -> None:
     ap.add_argument("--world", default=None, help="an existing world dir (default: a fresh one in a temp dir)")
     ap.add_argument("--model", choices=["captioner", "dit", "capabilities"], default="captioner")
     ap.add_argument("--work", default=None, help="dit: folder for every stage's output (reused when present)")
+    ap.add_argument("--scaling", action="store_true", help="the DiT at 3 compute budgets (bench/scaling.py)")
+    ap.add_argument("--base-steps", type=int, default=250, help="scaling: steps of the 1x budget")
+    ap.add_argument("--out", default=None, help="scaling: folder for scaling.jsonl and scaling.png")
     args = ap.parse_args()
+    if args.scaling:
+        return main_scaling(args)
     if args.model == "dit":
         return main_dit(args)
     if args.model == "capabilities":
@@ -221,6 +230,25 @@ def main_dit(args) -> None:
     print(json.dumps({"bench": "learn", "summary": True, "model": "dit", "config": args.config,
                       "steps": cfg.train.steps, "train_minutes": points[-1]["train_minutes"], "stage_wall_s": walls,
                       "wall_minutes": round((time.perf_counter() - t) / 60, 2), "final": points[-1], "best": best,
+                      "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}))
+
+
+def main_scaling(args) -> None:
+    from bench import scaling
+
+    config = args.config if "--config" in sys.argv else str(Path(__file__).resolve().parents[1] / "configs" / "demo.yaml")
+    cfg = load_config(config, ["caption.source=sidecar", *args.sets])  # the DiT trains on the sidecar captions
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp).resolve()
+        rows = scaling.run_scaling(cfg, work, args.base_steps, prepare_dit, load_config_over)
+    if args.out:
+        scaling.write_scaling(rows, Path(args.out))
+    print(json.dumps({"bench": "learn", "summary": True, "model": "scaling", "config": config,
+                      "budgets": [{k: r[k] for k in ("budget", "model", "params", "steps", "compute", "train_flops",
+                                                     "train_wall_s", "final_loss", "color", "direction", "shape")}
+                                  for r in rows],
+                      "wall_minutes": round((time.perf_counter() - t) / 60, 2),
                       "cpu": platform.processor() or platform.machine(), "torch": torch.__version__}))
 
 

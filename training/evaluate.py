@@ -106,7 +106,7 @@ def sample_and_score(cfg, checkpoint: str, out_dir: Path | None = None, batch: i
         chunk = [p["prompt"] for p in prompts[i : i + batch]]
         videos += list(sample_video(dit, vae, text_encoder, chunk, num_frames=s.num_frames, height=s.height,
                                     width=s.width, steps=s.steps, cfg_scale=s.cfg_scale, seed=s.seed + i,
-                                    latent_norm=norm).numpy())
+                                    latent_norm=norm, shift=s.time_shift).numpy())
     checks = [check_video(v, w.colors, w.shape_colors) for v in videos]
     report = {"prompts": len(prompts), "accuracy": score(checks, [p["attributes"] for p in prompts]),
               "per_prompt": [{**p, "checked": c} for p, c in zip(prompts, checks)], "clip_score": None,

@@ -198,7 +198,7 @@ def sample_to_files(cfg, ckpt_dir, prompts: list[str], out_dir, vae_spec: str | 
                     "frames are imposed by re-noising them at every step instead", frame_cond.mode)
     frames = sample_video(sampler.dit, sampler.vae, sampler.text_encoder, prompts, num_frames=s.num_frames,
                           height=s.height, width=s.width, steps=s.steps, cfg_scale=s.cfg_scale, seed=s.seed,
-                          latent_norm=sampler.norm, condition=frame_cond)
+                          latent_norm=sampler.norm, condition=frame_cond, shift=s.time_shift)
     names = [f"sample-{s.seed}-{i:03d}" + (".png" if len(video) == 1 else ".mp4") for i, video in enumerate(frames)]
     with storage.staged_dir(str(out_dir)) as local:
         for name, video in zip(names, frames):

@@ -62,13 +62,13 @@ def batch_condition(batch: dict, device) -> dict:
 
 
 def batch_loss(model, batch: dict, *, caption_dropout: float, generator: torch.Generator | None,
-               device="cpu", conditioning=None) -> torch.Tensor:
+               device="cpu", conditioning=None, shift: float | None = None) -> torch.Tensor:
     """Rectified-flow loss of a collated bucket batch (see training.flow.training_loss); `conditioning`
     (train.conditioning) gives some items clean conditioning frames, None or all 0 none."""
     x0 = batch["latent"].to(device)  # (B, C, T, H, W)
     probs, max_k = (conditioning.probs(), conditioning.extend_frames) if conditioning is not None else (None, 1)
     out = flow.training_loss(model, x0, batch_condition(batch, device), caption_dropout=caption_dropout,
-                             generator=generator, frame_probs=probs, max_k=max_k)
+                             generator=generator, frame_probs=probs, max_k=max_k, shift=shift)
     return out["loss"]
 
 

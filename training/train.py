@@ -170,7 +170,8 @@ def _step(engine, optimizer, ema: EMA, gen, t, step: int, micro: Iterator, devic
         batch, epoch = next(micro)
         waited, timings = time.perf_counter() - waited, {}
         loss = zero.micro_step(engine, lambda: batch_loss(engine, batch, caption_dropout=t.caption_dropout,
-                                                          generator=gen, device=device, conditioning=t.conditioning),
+                                                          generator=gen, device=device, conditioning=t.conditioning,
+                                                          shift=t.time_shift),
                                 boundary=i == accum - 1, timings=timings)
         n, length, b = bucket_tokens(batch["bucket"], config.patch), batch["text_tokens"].shape[1], len(batch["clip_ids"])
         meter.add(loss.item(), b, b * n, 3 * flops_per_token(config, n, length) * n * b)

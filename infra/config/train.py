@@ -73,6 +73,8 @@ class TrainConfig(_Section):
     grad_clip: float = Field(1.0, gt=0)
     ema_decay: float = Field(0.9999, ge=0, le=1, description="capped by (1+step)/(10+step) early on")
     caption_dropout: float = Field(0.1, ge=0, le=1)
+    time_shift: float | None = Field(None, gt=0, description="flow time shift of the noise levels trained on (> 1: "
+                                     "noisier); None: by the latent token count, at least 1")
     conditioning: ConditioningConfig = ConditioningConfig()  # any p > 0 builds the DiT with frame_cond
     image_ratio: float | None = Field(None, ge=0, le=1, description="share of image (T=1) batches; None: as "
                                       "many as the data has")
@@ -129,6 +131,8 @@ class SampleConfig(_Section):
     allow_random_weights: bool = Field(False, description="decode with a random VAE / text encoder (tests, demos)")
     steps: int = Field(30, ge=1)
     cfg_scale: float = Field(5.0, ge=0)
+    time_shift: float | None = Field(None, gt=0, description="flow time shift of the sampling steps (> 1: more "
+                                     "steps at high noise); None: by the latent token count, at least 1")
     num_frames: int = Field(17, ge=1)
     height: int = Field(64, ge=8)
     width: int = Field(64, ge=8)

@@ -119,7 +119,8 @@ def test_save_load_round_trip_gives_equal_outputs(tmp_path):
 
 
 def test_presets_and_parameter_counts():
-    assert set(VDIT_PRESETS) == {"VDiT-T/2", "VDiT-XS/2", "VDiT-S/2", "VDiT-B/2", "VDiT-L/2", "VDiT-XL/2"}
+    assert set(VDIT_PRESETS) == {"VDiT-T/2", "VDiT-3XS/2", "VDiT-2XS/2", "VDiT-XS/2", "VDiT-S/2", "VDiT-B/2",
+                                 "VDiT-L/2", "VDiT-XL/2"}
     expected_millions = {"VDiT-S/2": 40.5, "VDiT-B/2": 160.3, "VDiT-L/2": 561.4, "VDiT-XL/2": 827.0}
     for name, millions in expected_millions.items():  # the numbers in dit.py's preset comment
         with torch.device("meta"):

@@ -9,7 +9,8 @@ and Ulysses sequence parallelism over a process group (training/models/parallel.
 
 Presets (VDIT_PRESETS) follow DiT's sizes; parameters at in_channels=16, text_dim=768:
 VDiT-S/2 40.5M, VDiT-B/2 160.3M, VDiT-L/2 561.4M, VDiT-XL/2 827.0M (VDiT-T/2, for tests, 0.063M;
-VDiT-XS/2, the synthetic-world learning run on CPU, 1.67M at in_channels=4, text_dim=384).
+VDiT-XS/2, the synthetic-world learning run on CPU, 1.67M at in_channels=4, text_dim=384; VDiT-3XS/2 and
+VDiT-2XS/2, its narrower cuts for the compute-scaling run).
 """
 
 from __future__ import annotations
@@ -385,6 +386,9 @@ VDIT_PRESETS = {
     "VDiT-T/2": VideoDiTConfig(in_channels=4, hidden=32, depth=2, heads=2, text_dim=32),
     # the synthetic-world learning run on 2 CPU cores (configs/learn-shapes.yaml)
     "VDiT-XS/2": VideoDiTConfig(in_channels=4, hidden=128, depth=4, heads=4, text_dim=384),
+    # narrower XS for `bench/learn.py --scaling` (0.45M and 0.97M at in_channels=3, text_dim=384)
+    "VDiT-3XS/2": VideoDiTConfig(in_channels=4, hidden=64, depth=4, heads=4, text_dim=384),
+    "VDiT-2XS/2": VideoDiTConfig(in_channels=4, hidden=96, depth=4, heads=4, text_dim=384),
     "VDiT-S/2": VideoDiTConfig(hidden=384, depth=12, heads=6),
     "VDiT-B/2": VideoDiTConfig(hidden=768, depth=12, heads=12),
     "VDiT-L/2": VideoDiTConfig(hidden=1024, depth=24, heads=16),

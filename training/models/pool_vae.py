@@ -4,8 +4,9 @@ numbers them); decoding repeats them back. `bench/vae_roundtrip.py` measured wha
 demo's world (8x: colour 0.97, direction 1.00), where the untrained `tiny` VAE keeps nothing, so a
 DiT trained on its latents can be judged by what it samples without training a VAE first.
 
-Specs: "pool8", "pool4" (spatial factor; temporal 4). Same interface as VideoVAE for precompute
-and sample: encode(x).mode(), decode(z), latent_frames, compressions, latent_norm, identity_config.
+Specs: "pool8", "pool4" (spatial factor; temporal 4), "pool8t2" (every 2nd frame: more latent frames).
+Same interface as VideoVAE for precompute and sample: encode(x).mode(), decode(z), latent_frames,
+compressions, latent_norm, identity_config.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from einops import rearrange
 from training.models.latents import LatentNorm
 from training.models.vae import DiagonalGaussian
 
-SPEC = re.compile(r"^pool(\d+)$")
+SPEC = re.compile(r"^pool(\d+)(?:t(\d+))?$")  # pool8: 8x8 in space, every 4th frame; pool8t2: every 2nd
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,4 +85,6 @@ class PoolVAE(nn.Module):
 def load_pool_vae(spec: str) -> PoolVAE | None:
     """The codec a spec names ("pool8"), or None when the spec is not one."""
     m = SPEC.match(spec)
-    return PoolVAE(PoolVAEConfig(spatial_compression=int(m.group(1)))) if m else None
+    if not m:
+        return None
+    return PoolVAE(PoolVAEConfig(spatial_compression=int(m.group(1)), temporal_compression=int(m.group(2) or 4)))
