@@ -236,8 +236,9 @@ def _eval(cfg: ReelForgeConfig, p: dict, checkpoint: str) -> dict:
     r = run_eval(cfg, checkpoint=checkpoint, output=p["eval"])["sample"]
     acc, w = r["accuracy"], cfg.world
     chance = ", ".join(f"{1 / len(v):.2f}" for v in (w.shape_colors, w.directions, w.shapes))
+    which = "held-out" if w.holdout else "eval (no world.holdout: pairs seen in training)"
     return {"prompts": r["prompts"], "accuracy": acc,
-            "detail": f"{r['prompts']} held-out prompts sampled and checked: {_accuracy(acc)} (chance: {chance})"}
+            "detail": f"{r['prompts']} {which} prompts sampled and checked: {_accuracy(acc)} (chance: {chance})"}
 
 
 # ----------------------------------------------------------------------------- the flow
