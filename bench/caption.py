@@ -3,7 +3,9 @@
 Both modes caption the same clips (frames sampled once, untimed) with the same model and batch
 size; one JSON line per mode, then a summary line. Run:
     OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python bench/caption.py [--model DIR_OR_NAME]
-Without --model it builds the tiny random GIT captioner (placeholder captions).
+Without --model it builds the tiny random GIT captioner (placeholder captions); `--captioner
+costly` builds a bigger random GIT instead (COSTLY below: generation costs hundreds of ms a clip
+on one thread, like a real captioner's order of cost, so decoding is no longer the bigger part).
 `--mode ray` runs the `reelforge caption` job (captioning/runner.py: frame-prep tasks feeding
 CaptionStage actors on a local Ray) over the same clips written as a clips table, and the plain
 loop beside it; the Ray number includes frame decoding and actor start-up, the plain one not.
@@ -34,6 +36,8 @@ from infra.videogen import Scene, write_video  # noqa: E402
 from spans import Arrivals, Spans, emit, marginal, ratio, result  # noqa: E402
 
 FPS = 24
+# build_tiny_captioner sizes per --captioner: "tiny" is the job's placeholder default
+CAPTIONERS = {"tiny": {}, "costly": {"hidden_size": 512, "num_layers": 4, "vision_layers": 4, "image_size": 112}}
 
 
 def make_clip_batch(work_dir: Path, num_clips: int, num_frames: int, frame_size: int) -> dict:
@@ -204,6 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--ray-actors", type=int, default=1, help="ray: caption actors (caption.concurrency)")
     p.add_argument("--prep-cpus", type=float, default=1.0, help="ray: caption.prep_cpus (CPUs a prep task "
                    "reserves; 0.5 lets decoding use what generation leaves of the actor's core)")
+    p.add_argument("--captioner", choices=sorted(CAPTIONERS), default="tiny",
+                   help="the random GIT built without --model: tiny, or costly (realistic generate cost)")
     p.add_argument("--quick", action="store_true", help="small sizes: 96 clips, 1 timed repeat")
     p.add_argument("--result-json", default=None, help="also write the result record here")
     args = p.parse_args(argv)
@@ -215,10 +221,10 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work = Path(tmp)
         model = args.model or build_tiny_captioner(work / "tiny_captioner", seed=args.seed,
-                                                   num_frames=args.num_frames)
+                                                   num_frames=args.num_frames, **CAPTIONERS[args.captioner])
         batch = make_clip_batch(work, args.clips, args.num_frames, args.frame_size)
         decode_s = batch.pop("_decode_s")
-        common = {"bench": "caption", "model": args.model or "tiny-random-git",
+        common = {"bench": "caption", "model": args.model or f"{args.captioner}-random-git",
                   "clips": args.clips, "batch_size": args.batch_size,
                   "max_new_tokens": args.max_new_tokens, "num_frames": args.num_frames,
                   "frame_size": args.frame_size, "device": args.device,
@@ -263,7 +269,7 @@ def ray_record(results: dict, decode_per_clip: float, args) -> dict:
     profile["job_throughput_vs_plain_incl_startup"] = round(ray["tokens_per_s"] / plain["tokens_per_s"], 3)
     return result("caption", {"steady_throughput_vs_plain": ratio(gen / steady, 0.9, "higher")},
                   profile, note, clips=args.clips, batch_size=args.batch_size, actors=args.ray_actors,
-                  prep_cpus=args.prep_cpus)
+                  prep_cpus=args.prep_cpus, captioner=args.model or args.captioner)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,7 @@ def traced_step_times(debug_dir: Path, skip: int) -> tuple[list[float], dict[str
     return [b - a for a, b in zip(stamps[skip:], stamps[skip + 1:])], parts
 
 
-def distributed(model_name, bucket, per_worker, steps, workers, channels, use_gpu=False) -> dict:
+def distributed(model_name, bucket, per_worker, steps, workers, channels, use_gpu=False, extra=()) -> dict:
     """The real job on synthetic one-bucket latents; returns its summary and steady step times."""
     with tempfile.TemporaryDirectory() as tmp:
         latents = write_synthetic_latents(f"{tmp}/pre", {bucket: per_worker * workers * 4}, channels=channels)
@@ -102,7 +102,7 @@ def distributed(model_name, bucket, per_worker, steps, workers, channels, use_gp
         sets = [f"train.model={model_name}", f"train.num_workers={workers}", f"train.batch_size={per_worker}",
                 f"train.steps={steps}", f"train.log_every={steps}", f"train.checkpoint_every={steps}",
                 "train.zero_stage=2", "train.warmup_steps=2", f"train.debug_dir={debug}",
-                f"train.use_gpu={str(use_gpu).lower()}", "train.cpus_per_worker=1", "train.max_failures=0"]
+                f"train.use_gpu={str(use_gpu).lower()}", "train.cpus_per_worker=1", "train.max_failures=0", *extra]
         # logical CPUs: one per worker (each reads its own row groups; a Ray already up is joined)
         cfg = load_config(None, sets + [f"ray.num_cpus={workers}"])
         init_ray(cfg)
@@ -121,6 +121,8 @@ def main():
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--quick", action="store_true", help="fewer steps (6)")
+    parser.add_argument("--set", dest="sets", action="append", default=[],
+                        help="a config line for the job, e.g. --set train.zero.reduce_scatter=false")
     parser.add_argument("--result-json", default=None, help="also write the result record here")
     args = parser.parse_args()
     if args.quick:
@@ -142,7 +144,7 @@ def main():
              samples_per_s=round(global_batch / plain[threads], 3),
              tokens_per_s=round(global_batch * tokens / plain[threads], 1),
              gflops_per_s=round(flops / plain[threads] / 1e9, 2))
-    dist = distributed(args.model, args.bucket, args.batch, args.steps, args.workers, channels)
+    dist = distributed(args.model, args.bucket, args.batch, args.steps, args.workers, channels, extra=args.sets)
     step = dist["step_s"]
     # The baseline again after the job: on a shared machine the load moves; the faster of the two
     # is the less disturbed one (and the stricter baseline for the distributed run).
@@ -188,7 +190,8 @@ def record(args, plain_1: float, parts_global: dict, parts_local: dict, dist: di
                "dist_step_over_plain_per_worker_batch": round(step / local, 3),
                "job_wall_s": dist["summary"]["wall_s"], "steps_timed": dist["steps_timed"]}
     return result("train", {"per_sample_cost_vs_plain": ratio(args.workers * step / plain_1, 1.15, "lower")},
-                  profile, model=args.model, global_batch=args.batch * args.workers, workers=args.workers)
+                  profile, model=args.model, global_batch=args.batch * args.workers, workers=args.workers,
+                  sets=args.sets)
 
 
 if __name__ == "__main__":

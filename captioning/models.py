@@ -217,8 +217,10 @@ def _minilm_tokenizer_dir() -> str:
 
 
 def build_tiny_captioner(out_dir: str | os.PathLike, seed: int = 0, num_frames: int = 6,
-                         image_size: int = 32) -> str:
-    """Write a tiny random GIT video captioner (+ processor, placeholder marker) to `out_dir`."""
+                         image_size: int = 32, hidden_size: int = 32, num_layers: int = 2,
+                         vision_layers: int = 1) -> str:
+    """Write a tiny random GIT video captioner (+ processor, placeholder marker) to `out_dir`.
+    The sizes default to the tiny one; bench/caption.py --captioner costly builds a bigger one."""
     from transformers import (AutoTokenizer, CLIPImageProcessor, GenerationConfig, GitConfig,
                               GitForCausalLM, GitProcessor)
 
@@ -226,9 +228,11 @@ def build_tiny_captioner(out_dir: str | os.PathLike, seed: int = 0, num_frames: 
     image_processor = CLIPImageProcessor(size={"shortest_edge": image_size},
                                          crop_size={"height": image_size, "width": image_size})
     config = GitConfig(
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                       "num_attention_heads": 2, "image_size": image_size, "patch_size": 16},
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vision_config={"hidden_size": hidden_size, "intermediate_size": 2 * hidden_size,
+                       "num_hidden_layers": vision_layers, "num_attention_heads": 2,
+                       "image_size": image_size, "patch_size": 16},
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+        num_hidden_layers=num_layers,
         num_attention_heads=2, max_position_embeddings=256, num_image_with_embedding=num_frames,
         # 5x BERT's init scale so the random decoder's output depends on the frames it sees.
         initializer_range=0.1,

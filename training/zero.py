@@ -40,7 +40,7 @@ def precision(use_gpu: bool, setting: str) -> str:
 
 def ds_config(t, world_size: int, prec: str) -> dict:
     """The DeepSpeed config of a TrainConfig: ZeRO stage and offload, accumulation, clipping, precision."""
-    zero: dict = {"stage": t.zero_stage}
+    zero: dict = {"stage": t.zero_stage, **t.zero.ds_keys()}
     if t.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": t.use_gpu}
     if t.offload_param:

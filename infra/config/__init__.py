@@ -23,14 +23,14 @@ from .caption import CaptionConfig, CaptionTrainConfig
 from .curate import CurateConfig, DedupConfig, FiltersConfig, MaterializeConfig, MeasuresConfig
 from .curation import BalanceConfig, DedupJobConfig, SafetyConfig, SelectionConfig
 from .precompute import PrecomputeConfig
-from .train import ConditioningConfig, EvalConfig, SampleConfig, TrainConfig, VaeTrainConfig
+from .train import ConditioningConfig, EvalConfig, SampleConfig, TrainConfig, VaeTrainConfig, ZeroCommConfig
 from .tune import SPACE_DISTRIBUTIONS, TuneConfig, _field_at, space_key
 from .world import WorldConfig
 
 __all__ = [
     "ConfigError", "_Section", "MeasuresConfig", "FiltersConfig", "DedupConfig", "MaterializeConfig",
     "CurateConfig", "CaptionConfig", "CaptionTrainConfig", "WorldConfig", "PrecomputeConfig", "VaeTrainConfig",
-    "TrainConfig", "ConditioningConfig", "SampleConfig", "EvalConfig", "SPACE_DISTRIBUTIONS", "space_key", "_field_at", "TuneConfig",
+    "TrainConfig", "ZeroCommConfig", "ConditioningConfig", "SampleConfig", "EvalConfig", "SPACE_DISTRIBUTIONS", "space_key", "_field_at", "TuneConfig",
     "RayConfig", "StorageConfig", "ReelForgeConfig", "SafetyConfig", "DedupJobConfig", "BalanceConfig",
     "SelectionConfig", "_format_errors", "parse_override", "_apply_override", "load_config",
 ]

@@ -58,6 +58,23 @@ class ConditioningConfig(_Section):
         return any(self.probs().values())
 
 
+class ZeroCommConfig(_Section):
+    """train.zero: how ZeRO 1/2 exchange gradients (DeepSpeed's zero_optimization keys). None keeps
+    DeepSpeed's default."""
+
+    reduce_scatter: bool | None = Field(None, description="False: one all-reduce of the averaged gradients")
+    overlap_comm: bool | None = Field(None, description="reduce buckets while backward still runs")
+    contiguous_gradients: bool | None = None
+    bucket_mb: float | None = Field(None, gt=0, description="reduce and all-gather bucket size, MB of fp32")
+
+    def ds_keys(self) -> dict:
+        """The set keys as DeepSpeed zero_optimization entries (bucket sizes in elements)."""
+        out = {k: v for k, v in self.model_dump(exclude={"bucket_mb"}).items() if v is not None}
+        if self.bucket_mb is not None:
+            out["reduce_bucket_size"] = out["allgather_bucket_size"] = int(self.bucket_mb * 2**20 / 4)
+        return out
+
+
 class TrainConfig(_Section):
     """train: the DiT job (Ray Train + DeepSpeed ZeRO); see README "Training"."""
 
@@ -95,6 +112,7 @@ class TrainConfig(_Section):
     zero_stage: Literal[0, 1, 2, 3] = 2
     offload_optimizer: bool = False
     offload_param: bool = False  # ZeRO-3 only
+    zero: ZeroCommConfig = ZeroCommConfig()
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)

@@ -79,6 +79,18 @@ def test_deepspeed_config_follows_the_train_section(stage):
     assert accum["gradient_accumulation_steps"] == 4 and accum["train_batch_size"] == 3 * 2 * 4
 
 
+def test_train_zero_keys_reach_deepspeed_and_bad_ones_fail():
+    t = load_config(None, ["train.zero.reduce_scatter=false", "train.zero.overlap_comm=true",
+                           "train.zero.bucket_mb=64"]).train
+    z = zero.ds_config(t, 2, "fp32")["zero_optimization"]
+    assert z["reduce_scatter"] is False and z["overlap_comm"] is True
+    assert z["reduce_bucket_size"] == z["allgather_bucket_size"] == 64 * 2**20 // 4
+    with pytest.raises(Exception, match="bucket_mb"):
+        load_config(None, ["train.zero.bucket_mb=0"])
+    with pytest.raises(Exception, match="reduce_scater"):
+        load_config(None, ["train.zero.reduce_scater=false"])
+
+
 def test_deepspeed_config_offload_and_precision():
     t = load_config(None, ["train.zero_stage=3", "train.offload_optimizer=true", "train.offload_param=true",
                            "train.use_gpu=true"]).train
