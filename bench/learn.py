@@ -51,7 +51,7 @@ from infra.config import load_config  # noqa: E402
 from infra.runtime import init_ray  # noqa: E402
 from infra.world import world_clips, write_world  # noqa: E402
 from infra.worldcheck import score_captions  # noqa: E402
-from training.models.pool_vae import SPEC  # noqa: E402
+from training.models.vae import is_random_vae  # noqa: E402
 
 
 def captioner_curve(cfg, world_dir: Path, eval_every: int, threads: int) -> list[dict]:
@@ -110,7 +110,7 @@ def prepare_dit(cfg, work: Path, log=print) -> tuple[object, dict]:
     stage("world", world / "world.json", lambda: write_world(cfg.world, world))
     stage("curate", curated / "manifest.json", lambda: run_curate(cfg, str(world / "train"), str(curated)))
     stage("caption", captioned / "manifest.json", lambda: run_caption(cfg, str(curated), str(captioned)))
-    if not SPEC.match(cfg.precompute.vae):  # a pool codec (the demo's pool8) has nothing to train
+    if is_random_vae(cfg.precompute.vae):  # a preset is trained here; a pool codec or a trained VAE is used as is
         stage("train-vae", vae_dir / "summary.json", lambda: run_train_vae(cfg, str(captioned), str(vae_dir)))
         cfg = load_config_over(cfg, [f"precompute.vae={vae_dir / 'vae'}"])
     stage("precompute", latents / "manifest.json", lambda: run_precompute(cfg, str(captioned), str(latents)))
@@ -194,6 +194,8 @@ def main() -> None:
     ap.add_argument("--world", default=None, help="an existing world dir (default: a fresh one in a temp dir)")
     ap.add_argument("--model", choices=["captioner", "dit", "capabilities"], default="captioner")
     ap.add_argument("--work", default=None, help="dit: folder for every stage's output (reused when present)")
+    ap.add_argument("--prepare-only", action="store_true",
+                    help="dit: stop after precompute (world, curate, caption, train-vae, latents in --work)")
     ap.add_argument("--scaling", action="store_true", help="the DiT at 3 compute budgets (bench/scaling.py)")
     ap.add_argument("--base-steps", type=int, default=250, help="scaling: steps of the 1x budget")
     ap.add_argument("--out", default=None, help="scaling: folder for scaling.jsonl and scaling.png")
@@ -223,6 +225,18 @@ def main_dit(args) -> None:
     sets = args.sets + ([f"train.steps={args.steps}"] if args.steps else [])
     cfg = load_config(args.config, sets)
     t = time.perf_counter()
+    if args.prepare_only:
+        if not args.work:
+            raise SystemExit("--prepare-only needs --work (the folder the stages write to)")
+        import ray
+
+        init_ray(cfg if cfg.ray.num_cpus else load_config_over(cfg, ["ray.num_cpus=2"]))
+        try:
+            _, walls = prepare_dit(cfg, Path(args.work).resolve())
+        finally:
+            ray.shutdown()
+        return print(json.dumps({"bench": "learn", "summary": True, "model": "dit", "prepared": args.work,
+                                 "stage_wall_s": walls, "wall_minutes": round((time.perf_counter() - t) / 60, 2)}))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp).resolve()
         points, walls = dit_curve(cfg, work, args.eval_every)

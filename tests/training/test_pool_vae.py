@@ -39,3 +39,17 @@ def test_interface_for_precompute_and_sample():
         vae.latent_frames(8)
     with pytest.raises(ValueError, match="unknown VAE 'poolx'"):
         load_vae("poolx")
+
+
+def test_stack_keeps_every_frame_in_the_channels():
+    vae = load_vae("pool4stack")
+    assert vae.latent_channels == 12 and describe_vae(vae, "pool4stack").latent_channels == 12
+    x = torch.rand(2, 3, 9, 16, 16) * 2 - 1
+    z = vae.encode(x).mode()
+    assert z.shape == (2, 12, 3, 4, 4)
+    pooled = torch.nn.functional.avg_pool3d(x, (1, 4, 4))
+    torch.testing.assert_close(z[:, 3:6, 1], pooled[:, :, 2])  # latent frame 1, 2nd stacked frame = frame 2
+    torch.testing.assert_close(z[:, 9:12, 2], pooled[:, :, 8])
+    y = vae.decode(z)  # every frame comes back, each pooled 4x4 (frame 0 from its 4 identical copies)
+    assert y.shape == x.shape
+    torch.testing.assert_close(torch.nn.functional.avg_pool3d(y, (1, 4, 4)), pooled)

@@ -338,6 +338,10 @@ def build_vae(preset_or_config: str | VideoVAEConfig, **overrides) -> VideoVAE:
 #################################################################################
 
 
+# Trained VAEs that ship with the code (each < 1 MB; how to remake one: training/assets/README.md).
+SHIPPED_VAES = {"shapes-s4": Path(__file__).resolve().parents[1] / "assets" / "shapes-s4"}
+
+
 def is_random_vae(spec: str) -> bool:
     """A preset name builds a randomly initialised VAE (a directory or a diffusers model is trained)."""
     return spec in VAE_PRESETS
@@ -355,6 +359,11 @@ def load_vae(spec: str, device="cpu", seed: int = 0, dtype: torch.dtype | None =
     if storage.is_s3(spec):  # a save_pretrained directory on S3: loaded from a temporary copy
         with storage.local_copy(spec) as local:
             return load_vae(local, device=device, seed=seed, dtype=dtype)
+    if spec in SHIPPED_VAES:
+        if not (SHIPPED_VAES[spec] / "model.safetensors").is_file():
+            raise FileNotFoundError(f"the shipped VAE {spec!r} is missing from {SHIPPED_VAES[spec]}: remake it with "
+                                    "the command in training/assets/README.md")
+        return VideoVAE.from_pretrained(SHIPPED_VAES[spec], device=device).to(dtype=dtype)
     if Path(spec).is_dir():
         return VideoVAE.from_pretrained(spec, device=device).to(dtype=dtype)
     if spec.startswith("pool"):  # a weight-free codec (training/models/pool_vae.py)
@@ -367,7 +376,8 @@ def load_vae(spec: str, device="cpu", seed: int = 0, dtype: torch.dtype | None =
         with torch.random.fork_rng(devices=[]):  # same seed, same weights, global RNG untouched
             torch.manual_seed(seed)
             return build_vae(spec).to(device, dtype=dtype)
-    raise ValueError(f"unknown VAE {spec!r}: expected one of {sorted(VAE_PRESETS)}, poolN, a directory saved "
+    raise ValueError(f"unknown VAE {spec!r}: expected one of {sorted(VAE_PRESETS)}, "
+                     f"{sorted(SHIPPED_VAES)} (trained, shipped), poolN, a directory saved "
                      "with save_pretrained, or diffusers:NAME_OR_PATH[:subfolder]")
 
 
