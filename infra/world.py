@@ -2,7 +2,7 @@
 backgrounds, several scenes per file with hard cuts, one caption per scene in a sidecar file.
 
 `write_world(cfg, out_dir)` writes, deterministically from `world.seed`:
-    DIR/train/world-0000.mp4 + world-0000.json   scenes drawn from every (colour, direction) combo
+    DIR/train/world-0000.mp4 + world-0000.json   scenes drawn from every (colour, direction, shape) combo
                                                  except `world.holdout`
     DIR/eval/world-0000.mp4 + world-0000.json    the held-out combos only (all combos without one)
     DIR/world.json                               the index: files, split, vocab, counts
@@ -75,13 +75,44 @@ def extend_prompt(text: str, cfg: WorldConfig, image: bool = False) -> str:
     return caption_text(attrs)
 
 
+def _held(cfg: WorldConfig) -> set[tuple[str, ...]]:
+    return {tuple(c.split(":")) for c in cfg.holdout}
+
+
+def held_out(cfg: WorldConfig, color: str, direction: str, shape: str | None = None,
+             background: str | None = None) -> bool:
+    """Whether `world.holdout` keeps this scene out of train: an entry names a prefix of
+    color:direction:shape:background (a pair with every shape and background, ..., one exact caption)."""
+    held, key = _held(cfg), (color, direction, shape, background)
+    return any(key[:n] in held for n in range(2, 5) if None not in key[:n])
+
+
+def _in_split(cfg: WorldConfig, split: str, *key: str) -> bool:
+    """Whether some completion of `key` (colour, direction[, shape[, background]]) is in the split:
+    train has what is not held out; eval has only what is (everything when nothing is held out)."""
+    if not cfg.holdout:
+        return True
+    if len(key) == 4:
+        return held_out(cfg, *key) == (split == "eval")
+    c, d, s = (*key, None)[:3]
+    nxt = [(x,) for x in cfg.shapes] if s is None else [(x,) for x in cfg.backgrounds if x != c]
+    return any(_in_split(cfg, split, *key, *n) for n in nxt)
+
+
+def split_shapes(cfg: WorldConfig, split: str, color: str, direction: str) -> list[str]:
+    """The shapes a split draws for a (colour, direction) pair (see held_out)."""
+    return [s for s in cfg.shapes if _in_split(cfg, split, color, direction, s)]
+
+
+def split_backgrounds(cfg: WorldConfig, split: str, color: str, direction: str, shape: str) -> list[str]:
+    """The backgrounds (never the shape's colour) a split draws for a (colour, direction, shape)."""
+    return [b for b in cfg.backgrounds if b != color and _in_split(cfg, split, color, direction, shape, b)]
+
+
 def combos(cfg: WorldConfig, split: str) -> list[tuple[str, str]]:
-    """(colour, direction) pairs a split draws from: train leaves the held-out ones out."""
-    held = {tuple(c.split(":", 1)) for c in cfg.holdout}
+    """(colour, direction) pairs a split draws from: those with a shape in the split (split_shapes)."""
     every = [(c, d) for c in cfg.shape_colors for d in cfg.directions]
-    if split == "train":
-        return [p for p in every if p not in held]
-    return [p for p in every if p in held] or every
+    return [p for p in every if split_shapes(cfg, split, *p)]
 
 
 def _parse_size(size: str) -> tuple[int, int]:
@@ -108,11 +139,12 @@ def _pick(rng: np.random.Generator, options: list):
 
 
 def plan_scene(rng: np.random.Generator, cfg: WorldConfig, pairs: list[tuple[str, str]], w: int, h: int,
-               prev_bg: str | None) -> ScenePlan:
+               prev_bg: str | None, split: str = "train") -> ScenePlan:
     """Draw one scene: a combo, a shape, a background unlike the shape and the previous scene."""
     color, direction = _pick(rng, pairs)
-    shape = _pick(rng, list(cfg.shapes))
-    bgs = [b for b in cfg.backgrounds if b != color and b != prev_bg] or [b for b in cfg.backgrounds if b != color]
+    shape = _pick(rng, split_shapes(cfg, split, color, direction))
+    allowed = split_backgrounds(cfg, split, color, direction, shape)
+    bgs = [b for b in allowed if b != prev_bg] or allowed
     background = _pick(rng, bgs)
     n = int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
     textured = bool(rng.random() < cfg.textured)
@@ -140,7 +172,7 @@ def plan_video(cfg: WorldConfig, split: str, index: int) -> tuple[tuple[int, int
     pairs = combos(cfg, split)
     plans: list[ScenePlan] = []
     for _ in range(int(rng.integers(cfg.scenes[0], cfg.scenes[1] + 1))):
-        plans.append(plan_scene(rng, cfg, pairs, w, h, plans[-1].attributes["background"] if plans else None))
+        plans.append(plan_scene(rng, cfg, pairs, w, h, plans[-1].attributes["background"] if plans else None, split))
     return (w, h), plans
 
 

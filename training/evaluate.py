@@ -74,10 +74,10 @@ def vae_metrics(vae, clips: list[dict], num_frames: int, height: int, width: int
 # ----------------------------------------------------------------------------- `reelforge eval`
 def heldout_prompts(world, n: int | None = None, seed: int = 0) -> list[dict]:
     """`n` prompts (caption + attributes) over the eval split's combos, shapes and backgrounds."""
-    from infra.world import caption_text, combos
+    from infra.world import caption_text, combos, split_backgrounds, split_shapes
 
-    every = [{"color": c, "shape": s, "direction": d, "background": b}
-             for c, d in combos(world, "eval") for s in world.shapes for b in world.backgrounds if b != c]
+    every = [{"color": c, "shape": s, "direction": d, "background": b} for c, d in combos(world, "eval")
+             for s in split_shapes(world, "eval", c, d) for b in split_backgrounds(world, "eval", c, d, s)]
     rng = np.random.default_rng(seed)
     picked = [every[i] for i in rng.permutation(len(every))[: n or world.eval_prompts]]
     return [{"prompt": caption_text(a), "attributes": a} for a in picked]

@@ -33,7 +33,9 @@ class WorldConfig(_Section):
     two_shapes: float = Field(0.0, ge=0, le=1, description="chance a scene has a second moving shape")
     shape_size: float = Field(0.25, gt=0, le=0.5, description="shape side / short side of the frame")
     travel: list[float] = [0.5, 0.9]  # fraction of the free span a shape crosses in its scene (its speed)
-    holdout: list[str] = []  # "color:direction" combos never in train files, e.g. ["red:left"]
+    # combos never in train files, "color:direction[:shape[:background]]": "red:left" holds the pair out with
+    # every shape and background; "red:left:circle:black" only that one caption (the eval split has only these)
+    holdout: list[str] = []
     sidecar: Literal["json", "txt", "both"] = "json"  # txt: one caption per file, single-scene files only
     crf: int = Field(18, ge=0, le=51)
     eval_prompts: int = Field(8, ge=1, description="prompts `reelforge eval` samples per run")
@@ -57,10 +59,13 @@ class WorldConfig(_Section):
         if self.scenes[1] > 1 and len(self.backgrounds) < 2:
             raise ValueError("hard cuts need >= 2 backgrounds (consecutive scenes differ in background)")
         for combo in self.holdout:
-            color, _, direction = combo.partition(":")
-            if color not in self.shape_colors or direction not in self.directions:
-                raise ValueError(f"holdout entries are 'color:direction' (shape_colors, directions), got {combo!r}")
-        if len(set(self.holdout)) >= len(self.shape_colors) * len(self.directions):
+            parts, names = combo.split(":"), (self.shape_colors, self.directions, self.shapes, self.backgrounds)
+            if not (2 <= len(parts) <= 4 and all(p in n for p, n in zip(parts, names))):
+                raise ValueError("holdout entries are 'color:direction[:shape[:background]]' (shape_colors, "
+                                 f"directions, shapes, backgrounds), got {combo!r}")
+        held = {tuple(c.split(":")) for c in self.holdout}
+        if all(any(k[:n] in held for n in (2, 3, 4)) for k in ((c, d, s, b) for c in self.shape_colors
+               for d in self.directions for s in self.shapes for b in self.backgrounds if b != c)):
             raise ValueError("holdout leaves no combination to train on")
         if self.sidecar != "json" and self.scenes != [1, 1]:
             raise ValueError("sidecar 'txt'/'both' needs single-scene files (scenes: [1, 1])")

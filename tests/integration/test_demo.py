@@ -58,7 +58,8 @@ def test_every_stage_writes_its_outputs(demo):
     # sample: an mp4 that decodes to the configured frames
     with av.open(summary["mp4"]) as f:
         frames = [fr.to_ndarray(format="rgb24") for fr in f.decode(video=0)]
-    assert len(frames) == 9 and frames[0].shape == (64, 64, 3)
+    s = demo_config(None, SETS).sample
+    assert len(frames) == s.num_frames == 9 and frames[0].shape == (s.height, s.width, 3)
 
     # eval numbers and the reports
     assert set(summary["stages"]["eval"]["accuracy"]) >= {"color", "direction", "shape"}
